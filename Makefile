@@ -1,0 +1,35 @@
+# `make demo` and `make test` each create .venv when it is missing.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fimvision-installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= disabled
+
+.PHONY: demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned: these wheels lie on this machine's disk; an unpinned torch pulls a newer multi-GB build
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/fimvision-demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/fit_throughput.py
+	$(PY) benchmarks/synthetic_speed.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fimvision tools tests benchmarks
+
+clean:
+	rm -rf $(VENV)

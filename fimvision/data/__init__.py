@@ -1,0 +1,1 @@
+"""Everything that turns dataset folders into batches."""

@@ -1,0 +1,148 @@
+"""ParticleDataModule: a dataset folder as train/val/test/predict loaders."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from fimvision.data.dataset import Luminance, Modality, ParticleDataset, decode_images
+from fimvision.data.manifest import Manifest, load_manifest
+from fimvision.data.splits import SplitStrategy, assign_splits, describe
+from fimvision.data.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+class ParticleDataModule(pl.LightningDataModule):
+    """Particle images from a dataset folder (``manifest.csv`` + images).
+
+    Args:
+        root: dataset folder holding ``manifest.csv``.
+        modality: ``color`` (RGB) or ``mono`` (luminance of the same colour image, or native grey).
+        luminance: luminance weights for mono: ``bt601`` (0.299, 0.587, 0.114) or ``bt709``.
+        mono_channels: feed mono as 1 channel, or replicated to 3 (for models that want RGB).
+        image_size: side of the square model input in pixels.
+        keep_scale: pad or centre-crop to ``image_size`` without resizing, so absolute size stays a cue.
+        classes: class order; labels outside it are an error. Default: the sorted labels found.
+        split: ``sample`` (grouped by vial), ``group`` (leave-one-group-out), ``kfold``, ``random``
+            (stratified, particle by particle) or ``predefined`` (the manifest's ``split`` column).
+        fold: held-out group index for ``group``, fold index for ``kfold``.
+        n_folds: number of folds for ``kfold``.
+        val_fraction: share of (remaining) particles for validation.
+        test_fraction: share of particles for test (``random``, ``sample``).
+        seed: seed of the split.
+        batch_size: batch size of every loader.
+        num_workers: loader worker processes.
+        augment: apply training augmentation (flips, 90° rotations, mild brightness/contrast).
+    """
+
+    def __init__(
+        self,
+        root: str = "datasets/synthetic",
+        modality: Modality = "color",
+        luminance: Luminance = "bt601",
+        mono_channels: Literal[1, 3] = 1,
+        image_size: int = 64,
+        keep_scale: bool = False,
+        classes: list[str] | None = None,
+        split: SplitStrategy = "sample",
+        fold: int = 0,
+        n_folds: int = 5,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.modality = modality
+        self.luminance = luminance
+        self.mono_channels = mono_channels
+        self.image_size = image_size
+        self.keep_scale = keep_scale
+        self.split = split
+        self.fold = fold
+        self.n_folds = n_folds
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        # Read (not decode) the manifest now: the model's number of classes is linked to it.
+        self.manifest: Manifest = load_manifest(root, classes=classes, require_labels=classes is None)
+        self._images: np.ndarray | None = None
+        self.datasets: dict[str, ParticleDataset] = {}
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        """Channels the model receives."""
+        return 3 if self.modality == "color" else self.mono_channels
+
+    def _decode(self) -> np.ndarray:
+        if self._images is None:
+            self._images = decode_images(self.manifest, range(len(self.manifest.frame)), image_size=self.image_size,
+                                         keep_scale=self.keep_scale, modality=self.modality,
+                                         luminance_formula=self.luminance)
+        return self._images
+
+    def _dataset(self, rows: np.ndarray, train: bool) -> ParticleDataset:
+        transform = train_transform(self.in_chans) if train and self.augment else eval_transform(self.in_chans)
+        targets = np.asarray(self.manifest.targets())[rows]
+        return ParticleDataset(self._decode(), rows, targets, rows, transform, channels_out=self.in_chans)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            self.datasets["predict"] = self._dataset(np.arange(len(self.manifest.frame)), train=False)
+            return
+        if "train" in self.datasets:
+            return
+        frame = self.manifest.frame
+        labelled = np.flatnonzero(self.manifest.labelled.to_numpy())
+        if len(labelled) < len(frame):
+            log.info("%d of %d particles have no label (unclassified) and are left out of training and "
+                     "evaluation", len(frame) - len(labelled), len(frame))
+        splits = assign_splits(frame.iloc[labelled], self.split, fold=self.fold, n_folds=self.n_folds,
+                               val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed)
+        self.split_of = dict(zip(labelled.tolist(), splits.tolist(), strict=True))
+        log.info("split '%s' (fold %d), particles per class:\n%s", self.split, self.fold,
+                 describe(frame.iloc[labelled], splits).to_string())
+        for name in ("train", "val", "test"):
+            self.datasets[name] = self._dataset(labelled[splits == name], train=name == "train")
+
+    def class_counts(self, split: str = "train") -> torch.Tensor:
+        """Particles per class in ``split``."""
+        targets = torch.as_tensor(self.datasets[split].targets)
+        return torch.bincount(targets, minlength=self.num_classes)
+
+    def _loader(self, name: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, drop_last=shuffle and len(self.datasets[name]) > self.batch_size)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,131 @@
+"""Train/val/test splits of a manifest's labelled rows.
+
+Particles of one vial are not independent, so every strategy except ``random`` keeps each ``sample``
+on one side. Strategies:
+
+- ``random``: stratified by class, particle by particle (leaks samples; only when asked for).
+- ``sample``: grouped by ``sample``, stratified by the sample's majority class (the default).
+- ``group``: leave-one-group-out: the ``fold``-th group (sorted, e.g. an antibody) is the test set;
+  validation samples come from the other groups.
+- ``kfold``: ``n_folds`` folds of samples, stratified by class; fold ``fold`` is the test set.
+- ``predefined``: the manifest's ``split`` column (train/val/test).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from fimvision.data.manifest import SPLIT_NAMES
+from fimvision.errors import DataError
+
+SplitStrategy = Literal["random", "sample", "group", "kfold", "predefined"]
+
+
+def _units(frame: pd.DataFrame, by: str | None) -> pd.DataFrame:
+    """One row per unit (a sample, or a particle when ``by`` is None): its majority label and size."""
+    key = frame[by] if by else pd.Series(frame.index.astype(str), index=frame.index)
+    units = frame.assign(_unit=key.to_numpy()).groupby("_unit", sort=True)["label"]
+    return pd.DataFrame({"label": units.agg(lambda s: s.value_counts().index[0]), "size": units.size()})
+
+
+def _allocate(units: pd.DataFrame, fractions: dict[str, float], rng: np.random.Generator) -> pd.Series:
+    """Assign whole units to splits, class by class, until each split holds its fraction of particles."""
+    assignment = pd.Series("train", index=units.index, dtype=object)
+    for _, members in units.groupby("label", sort=True):
+        order = members.index.to_numpy()[rng.permutation(len(members))]
+        sizes = members.loc[order, "size"].to_numpy()
+        total, start = sizes.sum(), 0
+        for split, fraction in fractions.items():
+            if fraction <= 0 or start >= len(order) - 1:  # always leave the last unit to train
+                continue
+            taken, stop = 0, start
+            while stop < len(order) - 1 and taken < fraction * total:
+                taken += sizes[stop]
+                stop += 1
+            assignment.loc[order[start:stop]] = split
+            start = stop
+    return assignment
+
+
+def _need(frame: pd.DataFrame, column: str, strategy: str) -> None:
+    if column not in frame.columns or (frame[column] == "").all():
+        raise DataError(f"split '{strategy}' needs a '{column}' column in manifest.csv. Add it, or choose "
+                        "another split (split: random splits particles regardless of sample, which leaks).")
+    empty = frame.loc[frame[column] == "", "line"]
+    if len(empty):
+        raise DataError(f"split '{strategy}': manifest.csv line(s) {list(empty[:10])}, column '{column}' "
+                        f"is empty. Fill it in for every labelled row.")
+
+
+def _by_units(frame: pd.DataFrame, by: str | None, val_fraction: float, test_fraction: float,
+              rng: np.random.Generator) -> np.ndarray:
+    units = _units(frame, by)
+    assignment = _allocate(units, {"test": test_fraction, "val": val_fraction}, rng)
+    key = frame[by] if by else pd.Series(frame.index.astype(str), index=frame.index)
+    return key.map(assignment).to_numpy()
+
+
+def assign_folds(frame: pd.DataFrame, n_folds: int, *, by: str | None = "sample", seed: int = 0) -> np.ndarray:
+    """A fold index (0..n_folds-1) for each row: whole units (``by``) per fold, stratified by class."""
+    units = _units(frame, by)
+    rng = np.random.default_rng(seed)
+    fold_of = pd.Series(0, index=units.index)
+    offset = 0
+    for _, members in units.groupby("label", sort=True):
+        order = members.index.to_numpy()[rng.permutation(len(members))]
+        fold_of.loc[order] = (np.arange(len(order)) + offset) % n_folds
+        offset += len(order)
+    key = frame[by] if by else pd.Series(frame.index.astype(str), index=frame.index)
+    return key.map(fold_of).to_numpy().astype(int)
+
+
+def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fold: int = 0, n_folds: int = 5,
+                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> np.ndarray:
+    """The split ('train', 'val' or 'test') of each row of ``frame`` (labelled rows of a manifest).
+
+    Raises a ``DataError`` naming the strategy when a split comes out empty.
+    """
+    frame = frame.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    if strategy == "random":
+        splits = _by_units(frame, None, val_fraction, test_fraction, rng)
+    elif strategy == "sample":
+        _need(frame, "sample", strategy)
+        splits = _by_units(frame, "sample", val_fraction, test_fraction, rng)
+    elif strategy in ("group", "kfold"):
+        if strategy == "group":
+            _need(frame, "group", strategy)
+            names = sorted(frame["group"].unique())
+            if not 0 <= fold < len(names):
+                raise DataError(f"split 'group': fold {fold} is out of range; the manifest has {len(names)} "
+                                f"groups {names} (fold i holds out group i).")
+            held_out = (frame["group"] == names[fold]).to_numpy()
+        else:
+            _need(frame, "sample", strategy)
+            if not 0 <= fold < n_folds:
+                raise DataError(f"split 'kfold': fold {fold} is out of range for n_folds={n_folds}.")
+            held_out = assign_folds(frame, n_folds, seed=seed) == fold
+        splits = np.full(len(frame), "test", dtype=object)
+        rest = frame.loc[~held_out]
+        by = "sample" if "sample" in frame.columns and (rest["sample"] != "").all() else None
+        splits[~held_out] = _by_units(rest, by, val_fraction, 0.0, rng)
+    elif strategy == "predefined":
+        _need(frame, "split", strategy)
+        splits = frame["split"].to_numpy()
+    else:
+        raise DataError(f"unknown split strategy '{strategy}'; use one of random, sample, group, kfold, predefined.")
+    splits = np.asarray(splits, dtype=object)
+    for name in SPLIT_NAMES:
+        if not (splits == name).any():
+            raise DataError(f"split '{strategy}' (fold {fold}) left the '{name}' set empty "
+                            f"({len(frame)} labelled rows). Add labelled particles or samples, change the "
+                            "fractions, or choose another split.")
+    return splits
+
+
+def describe(frame: pd.DataFrame, splits: np.ndarray) -> pd.DataFrame:
+    """Particles per class and split (a table for logs and reports)."""
+    return pd.crosstab(pd.Series(frame["label"].to_numpy(), name="class"), pd.Series(splits, name="split")).reindex(columns=list(SPLIT_NAMES), fill_value=0)

@@ -1,0 +1,65 @@
+"""The one place models come from: any timm CNN or ViT by name.
+
+``pretrained=False`` by default. ``weights`` names a local file (a timm/torchvision state dict or a
+Lightning checkpoint) and needs no network; ``pretrained=True`` without ``weights`` downloads timm's
+hub weights (opt-in, for users with network access). The input convolution follows ``in_chans``
+(timm sums RGB filters for one channel) and a classifier of another size is re-initialised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from fimvision.errors import CheckpointError
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a plain, timm or Lightning checkpoint file."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"cannot read weights file {path} ({type(err).__name__}: {err}).") from err
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(blob, dict) and key in blob and isinstance(blob[key], dict):
+            blob = blob[key]
+            break
+    if not isinstance(blob, dict):
+        raise CheckpointError(f"{path} holds no state dict.")
+    return blob
+
+
+def create_backbone(name: str, *, in_chans: int = 3, num_classes: int = 0, pretrained: bool = False,
+                    weights: str | None = None, img_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """A timm model ``name`` for ``in_chans``-channel input with ``num_classes`` outputs (0: features).
+
+    ``img_size`` is passed to models that take it (ViTs), so position embeddings fit small crops; use
+    ``patch_size`` in ``kwargs`` for a patch size that suits them (e.g. 8 at 64 px).
+    """
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown timm model '{name}'. Similar names: {close}; `timm.list_models()` lists all.")
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"weights file {path} does not exist.")
+        # timm loads a local file through its pretrained path: channel adaptation and classifier reset
+        # are then the same as for hub weights.
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    else:
+        kwargs["pretrained"] = pretrained
+    try:
+        return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        # CNNs have no img_size: their constructor refuses it before building anything.
+        if "img_size" not in str(err) or "img_size" not in kwargs:
+            raise
+        del kwargs["img_size"]
+        return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, **kwargs)
