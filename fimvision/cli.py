@@ -17,6 +17,7 @@ from pytorch_lightning.cli import LightningCLI
 
 import fimvision.data.datamodule  # noqa: F401  (registers the data modules for short class names)
 import fimvision.models.classifier  # noqa: F401  (registers the models for short class names)
+import fimvision.models.ssl  # noqa: F401  (registers SimCLR, MoCo, BYOL, DINO and SSLDataModule)
 from fimvision.errors import CheckpointError, FimvisionError
 from fimvision.prediction import PredictionWriter
 
@@ -66,14 +67,21 @@ class FimvisionCLI(LightningCLI):
                 "(e.g. --data.init_args.modality=mono), or another checkpoint.")
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> FimvisionCLI:
+    """Run the CLI on ``args`` (default: the command line) and return it, with its trainer and model."""
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
     try:
-        FimvisionCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        return FimvisionCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      save_config_kwargs={"overwrite": True}, args=args)
-    except FimvisionError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        # jsonargparse wraps errors raised while instantiating classes: find the user error inside.
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, FimvisionError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
 
 

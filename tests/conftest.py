@@ -27,11 +27,11 @@ def fast_args(root: Path, out: Path, image_size: int = 32) -> list[str]:
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-def run_cli(args: list[str]) -> None:
-    """`fimvision ARGS` in this process: the real CLI, without paying its imports again."""
+def run_cli(args: list[str]):
+    """`fimvision ARGS` in this process: the real CLI, without paying its imports again. Returns the CLI."""
     from fimvision.cli import main
 
-    main([str(a) for a in args])
+    return main([str(a) for a in args])
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,9 @@ class ParticleDataModule(pl.LightningDataModule):
         augment: apply training augmentation (flips, 90° rotations, mild brightness/contrast).
     """
 
+    # Whether a manifest without any label is an error (self-supervised subclasses accept one).
+    require_labels: bool = True
+
     def __init__(
         self,
         root: str = "datasets/synthetic",
@@ -77,7 +80,8 @@ class ParticleDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         # Read (not decode) the manifest now: the model's number of classes is linked to it.
-        self.manifest: Manifest = load_manifest(root, classes=classes, require_labels=classes is None)
+        self.manifest: Manifest = load_manifest(root, classes=classes,
+                                               require_labels=self.require_labels and classes is None)
         self._images: np.ndarray | None = None
         self.datasets: dict[str, ParticleDataset] = {}
 
@@ -102,7 +106,8 @@ class ParticleDataModule(pl.LightningDataModule):
         return self._images
 
     def _dataset(self, rows: np.ndarray, train: bool) -> ParticleDataset:
-        transform = train_transform(self.in_chans) if train and self.augment else eval_transform(self.in_chans)
+        mono = self.modality == "mono"
+        transform = (train_transform if train and self.augment else eval_transform)(self.in_chans, mono)
         targets = np.asarray(self.manifest.targets())[rows]
         return ParticleDataset(self._decode(), rows, targets, rows, transform, channels_out=self.in_chans)
 

@@ -24,13 +24,13 @@ MONO_MEAN = (0.458,)
 MONO_STD = (0.226,)
 
 
-def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std (0-1 scale) for ``channels``-channel input."""
-    if channels == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    if channels == 1:
-        return MONO_MEAN, MONO_STD
-    raise ValueError(f"expected 1 or 3 channels, got {channels}")
+def normalisation(channels: int, mono: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std (0-1 scale) for ``channels``-channel input; ``mono`` for luminance replicated to 3."""
+    if channels not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {channels}")
+    if channels == 1 or mono:
+        return MONO_MEAN * channels, MONO_STD * channels
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def border_background(image: np.ndarray) -> np.ndarray:
@@ -78,8 +78,8 @@ def to_canvas(image: np.ndarray, size: int, *, keep_scale: bool = False) -> np.n
 class Pipeline:
     """An albumentations pipeline as a callable from a uint8 HxWxC array to a normalised CxHxW tensor."""
 
-    def __init__(self, transforms: list, channels: int) -> None:
-        mean, std = normalisation(channels)
+    def __init__(self, transforms: list, channels: int, mono: bool = False) -> None:
+        mean, std = normalisation(channels, mono)
         self.channels = channels
         self.compose = A.Compose([*transforms, A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
                                   ToTensorV2()], strict=True)
@@ -91,12 +91,12 @@ class Pipeline:
         return f"Pipeline({self.compose})"
 
 
-def eval_transform(channels: int) -> Pipeline:
+def eval_transform(channels: int, mono: bool = False) -> Pipeline:
     """Normalisation only: validation, test and prediction images."""
-    return Pipeline([], channels)
+    return Pipeline([], channels, mono)
 
 
-def train_transform(channels: int, *, brightness: float = 0.1, contrast: float = 0.1) -> Pipeline:
+def train_transform(channels: int, mono: bool = False, *, brightness: float = 0.1, contrast: float = 0.1) -> Pipeline:
     """Training augmentation: the dihedral group (particles have no orientation) and mild
     brightness/contrast. No hue or saturation change: colour is the very signal colour FIM adds."""
     return Pipeline([
@@ -104,4 +104,67 @@ def train_transform(channels: int, *, brightness: float = 0.1, contrast: float =
         A.VerticalFlip(p=0.5),
         A.RandomRotate90(p=1.0),
         A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),
-    ], channels)
+    ], channels, mono)
+
+
+def ssl_view_transform(channels: int, size: int, mono: bool = False, *, scale: tuple[float, float] = (0.35, 1.0),
+                       ratio: tuple[float, float] = (0.75, 4 / 3), brightness: float = 0.2, contrast: float = 0.2,
+                       saturation: float = 0.0, hue: float = 0.0, color_jitter_p: float = 0.8, gray_p: float = 0.0,
+                       blur_p: float = 0.3, noise_p: float = 0.3, noise_std: float = 0.03) -> Pipeline:
+    """One self-supervised view of a padded particle crop, as a normalised ``size`` x ``size`` tensor
+    (``mono``: luminance, possibly replicated to 3 channels).
+
+    A random resized crop (scale kept above ~1/3 of the canvas, so a view still shows the particle
+    rather than background), the dihedral group (particles have no orientation), brightness/contrast
+    jitter, Gaussian blur and sensor-like Gaussian noise. Saturation and hue jitter and random
+    greyscale are off by default: in colour FIM they would erase the signal colour adds.
+    """
+    jitter: list = []
+    if brightness or contrast or saturation or hue:
+        if channels == 3 and not mono:
+            jitter = [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
+                                    p=color_jitter_p)]
+        else:  # saturation and hue do not exist for one channel
+            jitter = [A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast,
+                                                 p=color_jitter_p)]
+    colour = channels == 3 and not mono
+    grey = [A.OneOf([A.ToGray(num_output_channels=3, p=1.0)], p=gray_p)] if gray_p > 0 and colour else []
+    return Pipeline([
+        A.RandomResizedCrop(size=(size, size), scale=scale, ratio=ratio, p=1.0),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=1.0),
+        *jitter,
+        *grey,
+        A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.2), p=blur_p),
+        A.GaussNoise(std_range=(0.0, noise_std), p=noise_p),
+    ], channels, mono)
+
+
+class MultiViewTransform:
+    """``n_global`` views at ``size`` and ``n_local`` smaller views at ``local_size`` of one particle.
+
+    Returns a list of tensors (global views first), the ``image`` of a self-supervised batch. Local
+    views (DINO's multi-crop) use ``local_scale``; every other argument goes to
+    :func:`ssl_view_transform` for both kinds.
+    """
+
+    def __init__(self, channels: int, size: int, mono: bool = False, *, n_global: int = 2, n_local: int = 0,
+                 local_size: int | None = None, local_scale: tuple[float, float] = (0.15, 0.4),
+                 **view_kwargs) -> None:
+        if n_global < 1 or n_global + n_local < 2:
+            raise ValueError(f"need at least one global view and two views in all (got n_global={n_global}, "
+                             f"n_local={n_local})")
+        self.n_global, self.n_local = n_global, n_local
+        self.global_view = ssl_view_transform(channels, size, mono, **view_kwargs)
+        local_kwargs = {**view_kwargs, "scale": local_scale}
+        self.local_view = (ssl_view_transform(channels, local_size or max(8, size // 2), mono,
+                                              **local_kwargs)
+                           if n_local else None)
+
+    def __call__(self, image: np.ndarray) -> list[torch.Tensor]:
+        views = [self.global_view(image) for _ in range(self.n_global)]
+        return views + [self.local_view(image) for _ in range(self.n_local)]
+
+    def __repr__(self) -> str:
+        return f"MultiViewTransform(n_global={self.n_global}, n_local={self.n_local}, view={self.global_view})"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,37 +12,9 @@ import torchmetrics
 from torch import nn
 
 from fimvision.models.backbones import create_backbone
+from fimvision.models.optim import OptimizerName, build_optimizer, warmup_cosine_scheduler
+from fimvision.models.ssl import load_backbone_weights
 from fimvision.plots import confusion_matrix_png
-
-OptimizerName = Literal["adamw", "adam", "sgd"]
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR factor: linear warm-up from 0 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def build_optimizer(params, name: OptimizerName, lr: float, weight_decay: float, momentum: float = 0.9):
-    """One of the optimizers every fimvision module offers."""
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
-    raise ValueError(f"unknown optimizer '{name}'; use adamw, adam or sgd")
-
-
-def warmup_cosine_scheduler(optimizer, trainer: pl.Trainer, warmup_epochs: float) -> dict:
-    """A per-step warm-up + cosine schedule sized from the trainer's planned number of steps."""
-    total = max(1, int(trainer.estimated_stepping_batches))
-    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-    warmup = max(0, min(total - 1, round(warmup_epochs * total / epochs)))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup_steps=warmup, total_steps=total))
-    return {"scheduler": schedule, "interval": "step"}
 
 
 class ParticleClassifier(pl.LightningModule):
@@ -68,6 +38,11 @@ class ParticleClassifier(pl.LightningModule):
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
         label_smoothing: cross-entropy label smoothing.
         class_weights: per-class loss weights, ``balanced`` (inverse training frequency) or None.
+        backbone_checkpoint: a self-supervised checkpoint (``fimvision fit`` with an SSL config) whose
+            backbone weights to start from; the classifier head starts fresh. Architecture and channels
+            must match the checkpoint's.
+        freeze_backbone: train only the classifier head (linear probe; the backbone, batch-norm
+            statistics included, stays fixed); otherwise fine-tune everything.
     """
 
     def __init__(
@@ -88,6 +63,8 @@ class ParticleClassifier(pl.LightningModule):
         warmup_epochs: float = 1.0,
         label_smoothing: float = 0.0,
         class_weights: list[float] | Literal["balanced"] | None = None,
+        backbone_checkpoint: str | None = None,
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -97,6 +74,12 @@ class ParticleClassifier(pl.LightningModule):
             raise ValueError(f"class_weights has {len(class_weights)} values for num_classes={num_classes}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.model = self.configure_backbone()
+        if backbone_checkpoint:
+            load_backbone_weights(self.model, backbone_checkpoint, backbone=backbone, in_chans=in_chans)
+        if freeze_backbone:
+            head = {id(p) for p in self.model.get_classifier().parameters()}
+            for param in self.model.parameters():
+                param.requires_grad_(id(param) in head)
         self.register_buffer("loss_weight", torch.ones(num_classes), persistent=False)
         self.configure_metrics()
 
@@ -124,6 +107,13 @@ class ParticleClassifier(pl.LightningModule):
             self.loss_weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(self.device)
         elif isinstance(weights, list):
             self.loss_weight = torch.tensor(weights, dtype=torch.float32, device=self.device)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.hparams.freeze_backbone:  # a linear probe keeps the backbone's batch-norm statistics
+            self.model.eval()
+            self.model.get_classifier().train()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -172,7 +162,8 @@ class ParticleClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        optimizer = build_optimizer(self.parameters(), h.optimizer, h.lr, h.weight_decay, h.momentum)
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, h.optimizer, h.lr, h.weight_decay, h.momentum)
         if h.scheduler == "none":
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_scheduler(optimizer, self.trainer, h.warmup_epochs)}

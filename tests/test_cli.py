@@ -1,0 +1,166 @@
+"""The real `fimvision` CLI: every supervised config, bad input, checkpoints, resume and prediction."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from conftest import CONFIGS, fast_args, run_cli
+
+SUPERVISED = sorted(p for p in (CONFIGS / "supervised").glob("*.yaml"))
+
+
+def metrics_of(out):
+    """The last logged value of each metric in the CSVLogger file(s) under ``out``."""
+    frames = [pd.read_csv(p) for p in sorted(out.rglob("metrics.csv"))]
+    return pd.concat(frames).ffill().iloc[-1]
+
+
+def test_there_are_colour_and_mono_twins():
+    names = {p.stem for p in SUPERVISED}
+    assert {"resnet18_color", "resnet18_mono", "vit_color", "vit_mono"} <= names
+    for stem in ("resnet18", "vit"):
+        color, mono = ([line for line in (CONFIGS / "supervised" / f"{stem}_{m}.yaml").read_text().splitlines()
+                        if not line.startswith("#")] for m in ("color", "mono"))
+        differ = [(a, b) for a, b in zip(color, mono, strict=True) if a != b]
+        assert differ == [("data: data/synthetic_color.yaml", "data: data/synthetic_mono.yaml")]
+
+
+@pytest.mark.parametrize("config", SUPERVISED, ids=lambda p: p.stem)
+def test_config_runs_fast_dev_run(config, synthetic_root, tmp_path):
+    cli = run_cli(["fit", "--config", config, *fast_args(synthetic_root, tmp_path), "--trainer.fast_dev_run=true"])
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    assert torch.isfinite(cli.trainer.callback_metrics["val_loss"])
+
+
+def expect_exit(args, capsys, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def broken(synthetic_root, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(synthetic_root, root)
+    return root
+
+
+def fit_args(root, out):
+    return ["fit", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, out),
+            "--trainer.fast_dev_run=true"]
+
+
+def rewrite(root, change):
+    frame = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    frame = change(frame)
+    frame.to_csv(root / "manifest.csv", index=False)
+    return frame
+
+
+def test_missing_column_exits_2(broken, tmp_path, capsys):
+    rewrite(broken, lambda f: f.rename(columns={"image": "filename"}))
+    expect_exit(fit_args(broken, tmp_path), capsys, "missing required column(s) ['image']")
+
+
+def test_missing_file_exits_2(broken, tmp_path, capsys):
+    frame = rewrite(broken, lambda f: f)
+    (broken / frame["image"][7]).unlink()
+    expect_exit(fit_args(broken, tmp_path), capsys, f"line 9, column 'image': file '{frame['image'][7]}' not found")
+
+
+def test_corrupt_image_exits_2(broken, tmp_path, capsys):
+    frame = rewrite(broken, lambda f: f)
+    (broken / frame["image"][3]).write_bytes(b"\x89PNG truncated")
+    expect_exit(fit_args(broken, tmp_path), capsys, "line 5, column 'image': cannot decode")
+
+
+def test_unknown_label_exits_2(broken, tmp_path, capsys):
+    rewrite(broken, lambda f: f.assign(label=f["label"].where(f.index != 0, "freeze-thaw")))
+    expect_exit([*fit_args(broken, tmp_path), "--data.init_args.classes=[heat,mechanical]"], capsys,
+                "line 2, column 'label': 'freeze-thaw' is not one of classes ['heat', 'mechanical']")
+
+
+def test_empty_split_exits_2(broken, tmp_path, capsys):
+    rewrite(broken, lambda f: f.assign(split=["train", "val"] * (len(f) // 2)))
+    expect_exit([*fit_args(broken, tmp_path), "--data.init_args.split=predefined"], capsys,
+                "split 'predefined' (fold 0) left the 'test' set empty")
+
+
+def newest(out, name="last.ckpt"):
+    return max(out.rglob(name), key=lambda p: p.stat().st_mtime)
+
+
+def train(root, out, *extra):
+    run_cli(["fit", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, out),
+             "--trainer.max_epochs=1", "--data.init_args.augment=false", *extra])
+    return newest(out)
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    return train(synthetic_root, out, "--trainer.limit_train_batches=4"), out
+
+
+def test_test_from_checkpoint_reproduces_metrics(trained, synthetic_root, tmp_path):
+    ckpt, _ = trained
+    results = []
+    for run in ("a", "b"):
+        run_cli(["test", "--config", CONFIGS / "supervised" / "resnet18_color.yaml",
+                 *fast_args(synthetic_root, tmp_path / run), f"--ckpt_path={ckpt}"])
+        results.append(metrics_of(tmp_path / run))
+        assert (next((tmp_path / run).rglob("confusion_matrix.png"))).stat().st_size > 1000
+    for key in ("test_acc", "test_balanced_acc", "test_f1_macro", "test_loss", "test_recall_heat"):
+        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
+    # Validating the saved checkpoint gives the validation scores logged when it was saved.
+    run_cli(["validate", "--config", CONFIGS / "supervised" / "resnet18_color.yaml",
+             *fast_args(synthetic_root, tmp_path / "v"), f"--ckpt_path={ckpt}"])
+    for key in ("val_acc", "val_loss", "val_f1_macro"):
+        assert metrics_of(tmp_path / "v")[key] == pytest.approx(metrics_of(trained[1])[key], abs=1e-6), key
+
+
+def test_interrupted_fit_resumes_from_last_checkpoint(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    # A first run stopped by the time limit after its first epoch, as an interruption would stop it.
+    last = train(synthetic_root, out, "--trainer.limit_train_batches=3")
+    first = torch.load(last, weights_only=False)
+    assert first["epoch"] == 0 and first["global_step"] == 3
+    run_cli(["fit", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(synthetic_root, out),
+             "--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--data.init_args.augment=false",
+             f"--ckpt_path={last}"])
+    resumed = torch.load(newest(out), weights_only=False)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 6  # continued, not restarted
+
+
+def test_predict_writes_particles_and_sample_verdicts(trained, synthetic_root, tmp_path):
+    ckpt, _ = trained
+    # New data without labels: the class names come from the checkpoint.
+    root = tmp_path / "new"
+    shutil.copytree(synthetic_root, root)
+    truth = rewrite(root, lambda f: f)
+    rewrite(root, lambda f: f.drop(columns=["label"]))
+    run_cli(["predict", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, tmp_path),
+             f"--ckpt_path={ckpt}", f"--prediction_writer.output_dir={tmp_path / 'pred'}"])
+    particles = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    samples = pd.read_csv(tmp_path / "pred" / "samples.csv")
+    assert len(particles) == len(truth)
+    assert particles["particle_id"].tolist() == truth["particle_id"].astype(int).tolist()
+    assert {"prob_heat", "prob_mechanical", "predicted"} <= set(particles.columns)
+    assert (particles[["prob_heat", "prob_mechanical"]].sum(axis=1) - 1).abs().max() < 1e-5
+    assert set(samples["sample"]) == set(truth["sample"])
+    one = samples.iloc[0]
+    mine = particles[particles["sample"] == one["sample"]]
+    assert one["n_particles"] == len(mine)
+    assert one["confidence"] == pytest.approx(mine[["prob_heat", "prob_mechanical"]].mean().max(), abs=1e-5)
+    assert one["verdict"] == mine[["prob_heat", "prob_mechanical"]].mean().idxmax().removeprefix("prob_")
+
+
+def test_checkpoint_mismatch_is_explained(trained, synthetic_root, tmp_path, capsys):
+    ckpt, _ = trained
+    expect_exit(["test", "--config", CONFIGS / "supervised" / "resnet18_mono.yaml",
+                 *fast_args(synthetic_root, tmp_path), f"--ckpt_path={ckpt}"], capsys,
+                "in_chans: checkpoint 3, now 1")
