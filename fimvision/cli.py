@@ -16,6 +16,8 @@ import torch
 from pytorch_lightning.cli import LightningCLI
 
 import fimvision.data.datamodule  # noqa: F401  (registers the data modules for short class names)
+import fimvision.data.domains  # noqa: F401  (registers DomainDataModule)
+import fimvision.models.adaptation  # noqa: F401  (registers SourceModel, FewShotFinetune, SHOT, NRC, AaD)
 import fimvision.models.classifier  # noqa: F401  (registers the models for short class names)
 import fimvision.models.ssl  # noqa: F401  (registers SimCLR, MoCo, BYOL, DINO and SSLDataModule)
 from fimvision.errors import CheckpointError, FimvisionError
@@ -35,8 +37,13 @@ class FimvisionCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.init_args.img_size", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
 
+    @property
+    def active_config(self):
+        """The config of the subcommand being run (the whole config when run=False)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
     def _checkpoint_hparams(self) -> dict:
-        path = self.config[self.subcommand].get("ckpt_path")
+        path = self.active_config.get("ckpt_path")
         if not path or not Path(path).is_file():
             return {}
         try:
@@ -48,7 +55,7 @@ class FimvisionCLI(LightningCLI):
         # A checkpoint fixes the class order: evaluate and predict in it, even on data that lacks a class
         # or has no labels at all.
         names = self._checkpoint_hparams().get("class_names")
-        data = self.config[self.subcommand].data
+        data = self.active_config.data
         if names and "classes" in data.get("init_args", {}) and data.init_args.classes is None:
             data.init_args.classes = list(names)
 
@@ -62,7 +69,7 @@ class FimvisionCLI(LightningCLI):
                  if k in saved and k in now and saved[k] != now[k]]
         if wrong:
             raise CheckpointError(
-                f"checkpoint {self.config[self.subcommand].ckpt_path} does not fit this data: " + "; ".join(wrong)
+                f"checkpoint {self.active_config.ckpt_path} does not fit this data: " + "; ".join(wrong)
                 + ". Use the modality, image_size and classes the model was trained with "
                 "(e.g. --data.init_args.modality=mono), or another checkpoint.")
 
