@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from fimvision.data.manifest import Manifest, _report
 from fimvision.data.transforms import to_canvas
-from fimvision.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +51,62 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported pixel type {array.dtype}")
 
 
+def _from_pil(image: Image.Image) -> np.ndarray:
+    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    elif image.mode == "LA":
+        image = image.getchannel("L")
+    array = np.asarray(image)
+    if array.dtype == np.int32 or image.mode.startswith("I;16"):
+        # Pillow opens 16-bit grey as int32 ("I"): keep it as uint16 when the values fit.
+        if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
+            raise ValueError(f"pixel values outside 0-65535 in mode {image.mode}")
+        array = array.astype(np.uint16)
+    return array
+
+
+def _normalise(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar TIFF
+    if array.ndim == 3 and array.shape[2] in (1, 2):
+        array = array[:, :, 0]  # grey (+ alpha)
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]  # alpha carries no particle signal
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3) or min(array.shape[:2]) < 1:
+        raise ValueError(f"unexpected image shape {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16):
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        elif np.issubdtype(array.dtype, np.integer) and array.min(initial=0) >= 0 and array.max(initial=0) <= 65535:
+            array = array.astype(np.uint16)
+        elif not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"unsupported pixel type {array.dtype}")
+    return np.ascontiguousarray(array)
+
+
+def read_raw(path: str | Path) -> np.ndarray:
+    """Read an image unscaled: H x W (grey) or H x W x 3 (RGB), uint8 or uint16 (floats as stored).
+
+    Pillow first (it decodes the LZW TIFFs instruments write without extra packages), tifffile as the
+    fallback for TIFFs Pillow cannot open (planar, 16-bit RGB); alpha dropped, palettes expanded."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return _normalise(_from_pil(image))
+    except (OSError, ValueError, SyntaxError):
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise
+        return _normalise(tifffile.imread(path))
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as uint8 HxWxC with C = 1 (grey) or 3 (RGB): RGB, grey, RGBA (alpha dropped),
-    palette, 16-bit PNG and TIFF."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        array = tifffile.imread(path)
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
-            array = np.moveaxis(array, 0, -1)  # planar (CxHxW) TIFF
-    else:
-        with Image.open(path) as image:
-            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                image = image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
-            elif image.mode == "1":
-                image = image.convert("L")
-            array = np.asarray(image)
+    palette, 16-bit PNG and TIFF (scaled by the 16-bit range)."""
+    array = read_raw(path)
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
-        raise ValueError(f"unexpected image shape {array.shape}")
-    if array.shape[2] in (2, 4):  # grey+alpha or RGBA: the alpha channel carries no particle signal
-        array = array[:, :, : array.shape[2] - 1]
     return np.ascontiguousarray(to_uint8(array))
 
 

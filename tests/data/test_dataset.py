@@ -111,3 +111,10 @@ def test_grey_image_refused_as_colour(synthetic_root, tmp_path):
         decode_images(manifest, range(3), image_size=32, progress=False)
     mono = decode_images(manifest, range(3), image_size=32, modality="mono", progress=False)
     assert (mono[0] == 120).all()
+
+
+def test_reads_lzw_tiff_as_instruments_write_it(tmp_path):
+    # VisualSpreadsheet writes LZW TIFFs; tifffile alone would need the optional imagecodecs package.
+    rgb = particle()
+    Image.fromarray(rgb).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    assert np.array_equal(read_image(tmp_path / "lzw.tif"), rgb)

@@ -1,0 +1,92 @@
+"""Synthetic particles written as a VisualSpreadsheet run and read back: known truth end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fimvision.curation.collages import find_tiles, lst_boxes
+from fimvision.curation.errors import CurationError
+from fimvision.curation.flowcam import curate_flowcam, find_run, read_cla, read_ctx, read_lst
+from fimvision.curation.flowcam_writer import write_flowcam_run, write_flowcam_runs
+from fimvision.curation.imageio import read_image
+
+
+@pytest.fixture(scope="module")
+def export(synthetic_particles, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("flowcam") / "export"
+    write_flowcam_runs(out, synthetic_particles, per="sample", progress=False)
+    return out
+
+
+def test_runs_and_files(export, synthetic_particles):
+    samples = sorted({p.sample for p in synthetic_particles})
+    assert sorted(p.name for p in export.iterdir() if p.is_dir()) == samples
+    runs = pd.read_csv(export / "runs.csv")
+    assert runs["run"].tolist() == list(dict.fromkeys(p.sample for p in synthetic_particles))
+    assert all(run.startswith(group) for run, group in zip(runs["run"], runs["group"], strict=True))
+    run = find_run(export / samples[0])
+    assert run.csv and run.cla and run.ctx
+    assert (run.folder / f"{run.name}_000001.tif").is_file() and (run.folder / f"{run.name}_000001_bin.tif").is_file()
+    assert read_ctx(run.ctx).cal_const_um_per_px == pytest.approx(0.5544)
+
+
+def test_same_layout_as_the_real_export(export, vs4_runs):
+    synthetic = find_run(next(p for p in export.iterdir() if p.is_dir()))
+    real = find_run(vs4_runs[0])
+    ours, theirs = read_lst(synthetic.lst), read_lst(real.lst)
+    assert (ours.version, ours.fields, ours.types) == (theirs.version, theirs.fields, theirs.types)
+    assert synthetic.csv.read_text().splitlines()[0] == real.csv.read_text().splitlines()[0]
+
+
+def test_round_trip_gives_identical_crops_and_labels(export, synthetic_particles, tmp_path):
+    runs = sorted(p for p in export.iterdir() if p.is_dir())
+    summary = curate_flowcam(runs, tmp_path / "ds", group_csv=export / "runs.csv", masks=True, progress=False)
+    assert summary.written == len(synthetic_particles) and len(summary.skipped) == 0
+    manifest = pd.read_csv(tmp_path / "ds" / "manifest.csv", keep_default_na=False).set_index(["run", "particle_id"])
+    number: dict[str, int] = {}
+    for particle in synthetic_particles:
+        number[particle.sample] = number.get(particle.sample, 0) + 1  # ids are 1..N in writing order
+        row = manifest.loc[(particle.sample, number[particle.sample])]
+        assert np.array_equal(read_image(tmp_path / "ds" / row["image"]), particle.image)
+        assert np.array_equal(read_image(tmp_path / "ds" / row["mask"]) > 0, particle.mask)
+        assert (row["label"], row["group"], row["sample"]) == (particle.label, particle.group, particle.sample)
+        for column in ("esd_um", "circularity", "aspect_ratio"):
+            assert row[column] == pytest.approx(particle.features[column], abs=6e-5), column
+    counts = manifest["label"].value_counts().to_dict()
+    assert counts == pd.Series([p.label for p in synthetic_particles]).value_counts().to_dict()
+
+
+def test_cla_and_collage_tiles(export, synthetic_particles):
+    for run_dir in sorted(p for p in export.iterdir() if p.is_dir())[::3]:
+        run = find_run(run_dir)
+        (classification,) = read_cla(run.cla)
+        labels = [p.label for p in synthetic_particles if p.sample == run.name]
+        assert {k: len(v) for k, v in classification.classes.items()} == pd.Series(labels).value_counts().to_dict()
+        name = f"{run.name}_000001.tif"
+        tiles = find_tiles(read_image(run.folder / name))
+        assert {t.box for t in tiles.tiles} == set(lst_boxes(run.lst, name))
+
+
+def test_byte_identical_when_written_twice(synthetic_particles, tmp_path):
+    first = write_flowcam_run(tmp_path / "a" / "run", synthetic_particles[:10], name="run")
+    second = write_flowcam_run(tmp_path / "b" / "run", synthetic_particles[:10], name="run")
+    for suffix in (".lst", ".csv", ".cla", ".ctx", "_000001.tif", "_000001_bin.tif"):
+        assert (first / f"run{suffix}").read_bytes() == (second / f"run{suffix}").read_bytes(), suffix
+    with pytest.raises(CurationError, match="not empty"):
+        write_flowcam_run(tmp_path / "a" / "run", synthetic_particles[:10])
+
+
+def test_many_particles_fill_several_collages(synthetic_particles, tmp_path):
+    largest = sorted(synthetic_particles, key=lambda p: -p.image.size)[:8]
+    particles = largest * 80  # 640 large tiles: more than one 1292 x 964 collage holds
+    run = write_flowcam_run(tmp_path / "big", particles, name="big")
+    table = read_lst(run / "big.lst").frame
+    assert len(table) == len(particles) and table["collage_file"].nunique() >= 2
+    boxes = table.assign(x2=table.image_x + table.image_w, y2=table.image_y + table.image_h)
+    assert boxes["x2"].max() <= 1292 and boxes["y2"].max() <= 964
+    for name, rows in table.groupby("collage_file"):
+        assert len(find_tiles(read_image(run / name)).tiles) == len(rows)
