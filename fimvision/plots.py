@@ -12,6 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, save (creating the folder) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def confusion_matrix_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:
     """Save a confusion matrix (rows: true class, columns: predicted) with counts and row shares."""
     matrix = np.asarray(matrix)
@@ -28,12 +38,7 @@ def confusion_matrix_png(matrix: np.ndarray, classes: Sequence[str], path: str |
                 color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def grouped_bars_png(values: Mapping[str, Mapping[str, float]], path: str | Path, *, title: str = "",
@@ -54,9 +59,4 @@ def grouped_bars_png(values: Mapping[str, Mapping[str, float]], path: str | Path
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -134,7 +134,7 @@ def slopes(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 def drift_png(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Whole-model max-abs and Wasserstein drift over training per pair (top) and their slopes (bottom)."""
-    from fimvision.plots import plt
+    from fimvision.plots import plt, save_figure
 
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True)
     for pair in dict.fromkeys(r["pair"] for r in rows):
@@ -153,12 +153,7 @@ def drift_png(rows: list[dict], path: str | Path, title: str = "") -> Path:
         axes[1, col].axhline(0, color="grey", lw=0.5)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @dataclass

@@ -114,7 +114,7 @@ def profile_png(results: dict[str, dict], path: str | Path, title: str = "") -> 
     """Stacked bars: time per category (ms per call) for each profiled workload."""
     import numpy as np
 
-    from fimvision.plots import plt
+    from fimvision.plots import plt, save_figure
 
     names = list(results)
     fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(names), 4.0))
@@ -127,9 +127,4 @@ def profile_png(results: dict[str, dict], path: str | Path, title: str = "") -> 
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
