@@ -108,12 +108,12 @@ class ParticleClassifier(pl.LightningModule):
         elif isinstance(weights, list):
             self.loss_weight = torch.tensor(weights, dtype=torch.float32, device=self.device)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if mode and self.hparams.freeze_backbone:  # a linear probe keeps the backbone's batch-norm statistics
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Lightning restores train mode module by module: re-freeze, so a linear probe keeps the backbone's
+        # batch-norm statistics (and dropout off).
+        if self.hparams.freeze_backbone:
             self.model.eval()
             self.model.get_classifier().train()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
