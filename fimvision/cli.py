@@ -25,6 +25,9 @@ from fimvision.prediction import PredictionWriter
 
 # Model arguments that must match between a checkpoint and the data it is used on.
 CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size")
+# Model arguments that only say where starting weights come from: a full checkpoint (--ckpt_path)
+# supersedes them, so they are not loaded again (no hub download, no need to keep the files).
+STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint": None}
 
 
 class FimvisionCLI(LightningCLI):
@@ -52,9 +55,14 @@ class FimvisionCLI(LightningCLI):
             raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}).") from err
 
     def before_instantiate_classes(self) -> None:
+        saved = self._checkpoint_hparams()
+        model = self.active_config.model.get("init_args", {})
+        for key, value in STARTING_WEIGHTS.items():
+            if saved and key in model:
+                model[key] = value
         # A checkpoint fixes the class order: evaluate and predict in it, even on data that lacks a class
         # or has no labels at all.
-        names = self._checkpoint_hparams().get("class_names")
+        names = saved.get("class_names")
         data = self.active_config.data
         if names and "classes" in data.get("init_args", {}) and data.init_args.classes is None:
             data.init_args.classes = list(names)
