@@ -1,0 +1,80 @@
+"""The sfda grid runner: planning, summary statistics, resuming, and both grid configs end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CONFIGS
+
+from fimvision.data.domains import write_mat_domains
+from fimvision.study.sfda import load_grid, main, markdown_table, plan_runs, summarise
+
+GRIDS = CONFIGS / "sfda" / "grid"
+
+
+def tiny_digits(path: Path, per_class: int = 10) -> Path:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), per_class)
+    x = rng.uniform(0, 0.2, (len(labels), 16, 16))
+    x[np.arange(len(labels)), labels, :] = 1.0
+    return write_mat_domains(path, (x, labels), (0.8 * x, labels))
+
+
+def test_plan_runs_shots_only_for_fewshot_methods():
+    config = load_grid(GRIDS / "mnist_usps.yaml")
+    runs = plan_runs(config)
+    per_seed = {"source_only": 1, "ft": 4, "lp_ft": 4, "shot": 1, "nrc": 1, "aad": 1}
+    assert len(runs) == 3 * sum(per_seed.values())
+    assert {r.n_shot for r in runs if r.method == "ft"} == {1, 3, 5, 10}
+    assert {r.n_shot for r in runs if r.method in ("shot", "source_only")} == {0}
+    assert len(set(runs)) == len(runs)
+
+
+def test_summary_mean_and_sample_std():
+    rows = [dict(source="A", target="B", scenario="standard", method="ft", n_shot=3, seed=s, test_acc=a,
+                 test_balanced_acc=a, cpu_min=1.0) for s, a in enumerate((0.8, 0.9, 1.0))]
+    summary = summarise(pd.DataFrame(rows))
+    assert summary.loc[0, "test_acc_mean"] == pytest.approx(0.9)
+    assert summary.loc[0, "test_acc_std"] == pytest.approx(0.1)  # ddof 1
+    assert "| ft (3-shot) | 90.0 ± 10.0 (n=3) | 1.00 |" in markdown_table(summary)
+
+
+def test_mnist_usps_grid_runs_resumes_and_reports(tmp_path, capsys):
+    root = tiny_digits(tmp_path / "MNIST_vs_USPS.mat")
+    args = ["--config", GRIDS / "mnist_usps.yaml", "--out", tmp_path / "out", "--root", root, "--seeds", "0", "1",
+            "--shots", "1", "--methods", "source_only", "ft", "shot", "--fast-dev-run"]
+    main([str(a) for a in args])
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert len(results) == 6 and set(results["method"]) == {"source_only", "ft", "shot"}
+    assert results["test_acc"].between(0, 1).all() and (results["n_test"] == 20).all()
+    assert results.loc[results["method"] == "shot", "val_snd"].notna().all()
+    assert len(list((tmp_path / "out" / "sources").rglob("source.ckpt"))) == 2  # one source model per seed
+    main([str(a) for a in args])  # everything done: nothing reruns, nothing is duplicated
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 6
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "ft (1-shot)" in summary and "(n=2)" in summary and "MNIST → USPS" in summary
+    assert (tmp_path / "out" / "accuracy_vs_shots.png").stat().st_size > 0
+    assert "results:" in capsys.readouterr().out
+
+
+def test_fim_grid_runs(tmp_path):
+    from fimvision.data.synthetic import SyntheticConfig, write_dataset
+
+    root = tmp_path / "synthetic"
+    write_dataset(root, SyntheticConfig(antibodies=8, per_class=6, particles_per_vial=3, seed=0), progress=False)
+    main([str(a) for a in ["--config", GRIDS / "fim_antibody.yaml", "--out", tmp_path / "out", "--root", root,
+                           "--seeds", "0", "--shots", "1", "--fast-dev-run"]])
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(results["method"]) == {"source_only", "ft", "lp_ft", "shot", "nrc", "aad"}
+    assert (results["target"] == "group=ab8").all()
+
+
+def test_grid_config_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {}\npairs: [[A, B]]\nmethods: {x: {class_path: Nope}}\n")
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(bad), "--out", str(tmp_path / "o")])
+    assert info.value.code == 2 and "unknown class_path 'Nope'" in capsys.readouterr().out
