@@ -19,15 +19,12 @@ from pathlib import Path
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from fimvision.cli import main as cli  # noqa: E402
 from fimvision.data.synthetic import SyntheticConfig, write_dataset  # noqa: E402
+from fimvision.plots import plt, save_figure  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ssl"
 
@@ -43,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/ssl_knn"))
+    parser.add_argument("--moco-queue", type=int, default=128,
+                        help="MoCo queue size: the config's 4096 exceeds this small dataset, whose own old keys "
+                             "would then crowd the negatives")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"--seed_everything={args.seed}"]
         if method == "dino":  # multi-crop local views at half the global size
             common.append(f"--data.init_args.local_size={args.image_size // 2}")
+        if method == "moco":
+            common.append(f"--model.init_args.queue_size={args.moco_queue}")
         initial = cli(["validate", *common]).trainer.callback_metrics["val_knn_acc"].item()
         start = time.perf_counter()
         fitted = cli(["fit", *common, f"--trainer.max_epochs={args.epochs}",
@@ -91,8 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
     ax.set_title(f"{args.backbone}, {args.image_size} px, synthetic FIM")
-    fig.tight_layout()
-    fig.savefig(args.out / f"knn_budget_{args.backbone}.png", dpi=120)
+    save_figure(fig, args.out / f"knn_budget_{args.backbone}.png")
     print(f"wrote {args.out / f'knn_budget_{args.backbone}.csv'} and .png")
 
 

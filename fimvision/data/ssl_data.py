@@ -25,7 +25,7 @@ import torch
 from fimvision.data.datamodule import ParticleDataModule
 from fimvision.data.dataset import Luminance, Modality, ParticleDataset
 from fimvision.data.splits import SplitStrategy, assign_splits
-from fimvision.data.transforms import MultiViewTransform, eval_transform
+from fimvision.data.transforms import MultiViewTransform
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,9 @@ class SSLDataModule(ParticleDataModule):
             saturation=saturation, hue=hue, color_jitter_p=color_jitter_p, gray_p=gray_p, blur_p=blur_p,
             noise_p=noise_p, noise_std=noise_std)
 
-    def _plain(self, rows: np.ndarray) -> ParticleDataset:
-        targets = np.asarray(self.manifest.targets(), dtype=np.int64)[rows] if len(rows) else []
-        transform = eval_transform(self.in_chans, self.modality == "mono")
-        return ParticleDataset(self._decode(), rows, targets, rows, transform, channels_out=self.in_chans)
-
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
-            self.datasets["predict"] = self._plain(np.arange(len(self.manifest.frame)))
+            self.datasets["predict"] = self._dataset(np.arange(len(self.manifest.frame)), train=False)
             return
         if "train" in self.datasets:
             return
@@ -143,9 +138,9 @@ class SSLDataModule(ParticleDataModule):
         pretrain = np.sort(np.concatenate([unlabelled, np.flatnonzero(split_of == "train")]))
         self.datasets["train"] = ParticleDataset(self._decode(), pretrain, np.full(len(pretrain), -1), pretrain,
                                                  self.views, channels_out=self.in_chans)
-        self.datasets["knn_bank"] = self._plain(bank)
-        self.datasets["val"] = self._plain(np.flatnonzero(split_of == "val"))
-        self.datasets["test"] = self._plain(np.flatnonzero(split_of == "test"))
+        self.datasets["knn_bank"] = self._dataset(bank, train=False)
+        self.datasets["val"] = self._dataset(np.flatnonzero(split_of == "val"), train=False)
+        self.datasets["test"] = self._dataset(np.flatnonzero(split_of == "test"), train=False)
         log.info("self-supervised pretraining on %d particles (%d unlabelled); kNN monitor: bank %d, "
                  "validation %d labelled particles", len(pretrain), len(unlabelled), len(bank),
                  len(self.datasets["val"]))

@@ -76,15 +76,24 @@ def to_canvas(image: np.ndarray, size: int, *, keep_scale: bool = False) -> np.n
 
 
 class Pipeline:
-    """An albumentations pipeline as a callable from a uint8 HxWxC array to a normalised CxHxW tensor."""
+    """An albumentations pipeline as a callable from a uint8 HxWxC array to a normalised CxHxW tensor.
+
+    albumentations keeps its own random state, which global seeding does not reach: it is seeded from
+    torch's generator when built (so ``seed_everything`` makes runs repeatable), and re-seeded in each
+    DataLoader worker from that worker's torch seed (so workers do not repeat each other)."""
 
     def __init__(self, transforms: list, channels: int, mono: bool = False) -> None:
         mean, std = normalisation(channels, mono)
         self.channels = channels
+        self.seed = int(torch.randint(2**31 - 1, ()).item())
         self.compose = A.Compose([*transforms, A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
-                                  ToTensorV2()], strict=True)
+                                  ToTensorV2()], strict=True, seed=self.seed)
+        self._pid = os.getpid()
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self.compose.set_random_seed((self.seed + torch.initial_seed()) % 2**32)
         return self.compose(image=image)["image"]
 
     def __repr__(self) -> str:

@@ -275,7 +275,7 @@ def run_deviation(target, s: DeviationSettings, device: str, out: Path) -> dict:
 
 def micro_png(rows: list[dict], path: Path) -> Path:
     """Mean-abs deviation against mantissa bits, one line per variant and tile, one panel per length."""
-    from fimvision.plots import plt
+    from fimvision.plots import plt, save_figure
 
     lengths = sorted({r["seq_len"] for r in rows})
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.6), squeeze=False)
@@ -289,10 +289,7 @@ def micro_png(rows: list[dict], path: Path) -> Path:
         ax.set_ylabel("mean |O - O_fp64|")
         ax.set_title(f"sequence length {n}", fontsize=9)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_benchmark(target, s: BenchmarkSettings, device: str, out: Path) -> dict:

@@ -167,7 +167,7 @@ def markdown_table(summary: pd.DataFrame, metric: str = "test_acc") -> str:
 
 def plot_summary(summary: pd.DataFrame, path: Path, metric: str = "test_acc") -> Path | None:
     """Accuracy against shots per pair: few-shot methods as lines, the others as horizontal bands."""
-    from fimvision.plots import plt
+    from fimvision.plots import plt, save_figure
 
     pairs = list(dict.fromkeys(zip(summary["source"], summary["target"], strict=True)))
     if not pairs:
@@ -188,10 +188,7 @@ def plot_summary(summary: pd.DataFrame, path: Path, metric: str = "test_acc") ->
         ax.set_ylabel(f"{metric} on the target test part (%)")
         ax.set_title(f"{src} → {tgt}", fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class GridRunner:

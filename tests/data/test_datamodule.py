@@ -79,3 +79,27 @@ def test_native_grey_dataset_refused_as_colour(tmp_path):
         ParticleDataModule(root=str(tmp_path), image_size=16, split="random").setup("fit")
     dm, b = batch(tmp_path, modality="mono", split="random", val_fraction=0.25, test_fraction=0.25)
     assert b["image"].shape[1] == 1
+
+
+def test_augmentation_is_repeatable_for_a_seed_and_differs_between_workers(synthetic_root):
+    import pytorch_lightning as pl
+
+    def first_batch(seed, workers=0):
+        pl.seed_everything(seed)
+        dm = ParticleDataModule(root=str(synthetic_root), image_size=32, batch_size=8, num_workers=workers)
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))
+
+    a, b, c = first_batch(0), first_batch(0), first_batch(1)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["index"], b["index"])
+    assert not torch.equal(a["image"], c["image"])
+    # Two workers get their own augmentation streams: the same image twice is augmented differently.
+    pl.seed_everything(0)
+    dm = ParticleDataModule(root=str(synthetic_root), image_size=32, num_workers=2, augment=True)
+    dm.setup("fit")
+    dataset = dm.datasets["train"]
+    dataset.positions[:] = dataset.positions[0]  # every item the same particle
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, shuffle=False)
+    images = [batch["image"][0] for _, batch in zip(range(8), loader, strict=False)]
+    # Items alternate between the workers; copies of one random state would pair them up exactly.
+    assert any(not torch.equal(images[k], images[k + 1]) for k in range(0, 8, 2))
