@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import CONFIGS, fast_args, run_cli
+from fimtest import CONFIGS, fast_args, run_cli
 
 SUPERVISED = sorted(p for p in (CONFIGS / "supervised").glob("*.yaml"))
 

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fimtest import REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO / ".." / "shared" / "data"
 VS4 = SHARED_DATA / "flowcam-color-vs4"
 MONO = SHARED_DATA / "flowcam-mono-collages"
 TOOLS = REPO / "tools"

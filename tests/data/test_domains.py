@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from fimtest import SHARED_DATA
 from PIL import Image
 
 from fimvision.data.domains import DomainDataModule, read_mat_domain, split_target, write_mat_domains

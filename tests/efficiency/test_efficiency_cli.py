@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CONFIGS
+from fimtest import CONFIGS
 
 from fimvision.efficiency.cli import main
 

@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, SHARED_DATA, fast_args, run_cli
+from fimtest import CONFIGS, SHARED_DATA, fast_args, run_cli
 from PIL import Image
 
 from fimvision.data.domains import DomainDataModule, write_mat_domains

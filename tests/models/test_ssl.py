@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, fast_args, run_cli
+from fimtest import CONFIGS, fast_args, run_cli
 from lightly.utils.benchmarking import knn_predict
 
 from fimvision.errors import CheckpointError

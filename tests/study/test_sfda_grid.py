@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CONFIGS
+from fimtest import CONFIGS
 
 from fimvision.data.domains import write_mat_domains
 from fimvision.study.sfda import load_grid, main, markdown_table, plan_runs, summarise
