@@ -23,6 +23,7 @@ import torch
 from jsonargparse import ArgumentParser, Namespace
 
 from fimvision.errors import FimvisionError
+from fimvision.models.backbones import class_names_for
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _data_fields(section: Namespace, num_classes: int) -> tuple[int, int, int, l
     classes = args.get("classes")
     if classes:
         return image_size, in_chans, len(classes), list(classes)
-    return image_size, in_chans, num_classes, [str(i) for i in range(num_classes)]
+    return image_size, in_chans, num_classes, class_names_for(num_classes, None)
 
 
 def _import(class_path: str) -> type:

@@ -24,7 +24,7 @@ import torchmetrics
 from torch import nn
 
 from fimvision.errors import CheckpointError
-from fimvision.models.backbones import create_backbone
+from fimvision.models.backbones import class_names_for, create_backbone
 from fimvision.models.optim import OptimizerName, build_optimizer, warmup_cosine_scheduler
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,7 @@ class SourceModel(_Evaluated):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.class_names = class_names_for(num_classes, class_names)
         self.net = build_net(backbone, num_classes, in_chans, img_size, bottleneck_dim, pretrained, weights,
                              backbone_kwargs)
         self.configure_metrics(num_classes)

@@ -18,6 +18,13 @@ from torch import nn
 from fimvision.errors import CheckpointError
 
 
+def class_names_for(num_classes: int, class_names: list[str] | None) -> list[str]:
+    """The output names of a ``num_classes``-way head: ``class_names``, or "0", "1", ... when not given."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+    return list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in a plain, timm or Lightning checkpoint file."""
     path = Path(path)

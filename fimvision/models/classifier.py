@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from fimvision.models.backbones import create_backbone
+from fimvision.models.backbones import class_names_for, create_backbone
 from fimvision.models.optim import OptimizerName, build_optimizer, warmup_cosine_scheduler
 from fimvision.models.ssl import load_backbone_weights
 from fimvision.plots import confusion_matrix_png
@@ -68,11 +68,9 @@ class ParticleClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+        self.class_names = class_names_for(num_classes, class_names)
         if isinstance(class_weights, list) and len(class_weights) != num_classes:
             raise ValueError(f"class_weights has {len(class_weights)} values for num_classes={num_classes}")
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.model = self.configure_backbone()
         if backbone_checkpoint:
             load_backbone_weights(self.model, backbone_checkpoint, backbone=backbone, in_chans=in_chans)

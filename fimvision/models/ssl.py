@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from fimvision.data.ssl_data import SSLDataModule  # noqa: F401  (their data module: registers its short name)
 from fimvision.errors import CheckpointError
-from fimvision.models.backbones import create_backbone
+from fimvision.models.backbones import class_names_for, create_backbone
 from fimvision.models.optim import build_optimizer, warmup_cosine_scheduler
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class SSLModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.class_names = class_names_for(num_classes, class_names)
         self.backbone = create_backbone(backbone, in_chans=in_chans, num_classes=0, img_size=img_size,
                                         **(backbone_kwargs or {}))
         self.feature_dim: int = self.backbone.num_features
