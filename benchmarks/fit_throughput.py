@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from _common import synthetic_dataset
 
-from fimvision.cli import FimvisionCLI
+from fimvision.cli import FimvisionCLI, build_cli
 
 
 class StepTimer(pl.Callback):
@@ -63,8 +63,7 @@ def plain_loop(model: torch.nn.Module, loader, steps: int, warmup: int, lr: floa
 
 def fit_once(config: Path, root: Path, steps: int, warmup: int, out: Path) -> tuple[float, FimvisionCLI]:
     timer = StepTimer(warmup)
-    cli = FimvisionCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       save_config_kwargs={"overwrite": True}, run=False, args=[
+    cli = build_cli(run=False, args=[
                            "--config", str(config), f"--data.init_args.root={root}", "--data.init_args.num_workers=0",
                            f"--trainer.max_steps={steps + warmup}", "--trainer.limit_val_batches=0",
                            "--trainer.num_sanity_val_steps=0", "--trainer.enable_progress_bar=false",

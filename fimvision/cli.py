@@ -82,13 +82,25 @@ class FimvisionCLI(LightningCLI):
                 "(e.g. --data.init_args.modality=mono), or another checkpoint.")
 
 
+def build_cli(args: list[str] | None = None, *, run: bool = True) -> FimvisionCLI:
+    """The `fimvision` CLI on ``args`` (default: the command line); ``run=False`` (no subcommand) only builds
+    the trainer, model and data module, for programs that drive them (the demo, benchmarks)."""
+    argv = sys.argv
+    if args is not None:  # explicit args: the caller's own command line is not ours to parse or warn about
+        sys.argv = argv[:1]
+    try:
+        return FimvisionCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
+                            subclass_mode_data=True, save_config_kwargs={"overwrite": True}, args=args, run=run)
+    finally:
+        sys.argv = argv
+
+
 def main(args: list[str] | None = None) -> FimvisionCLI:
     """Run the CLI on ``args`` (default: the command line) and return it, with its trainer and model."""
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
     try:
-        return FimvisionCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     save_config_kwargs={"overwrite": True}, args=args)
+        return build_cli(args)
     except Exception as err:
         # jsonargparse wraps errors raised while instantiating classes: find the user error inside.
         cause: BaseException | None = err

@@ -12,9 +12,7 @@ import logging
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
-
-from fimvision.cli import FimvisionCLI
+from fimvision.cli import build_cli
 from fimvision.data.synthetic import SyntheticConfig, write_dataset
 from fimvision.plots import grouped_bars_png
 
@@ -39,8 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def train_and_test(modality: str, args: argparse.Namespace) -> tuple[dict, Path, str]:
     """Fit the ResNet-18 config of ``modality`` and test its best checkpoint; metrics, confusion PNG, held-out group."""
-    cli = FimvisionCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       save_config_kwargs={"overwrite": True}, run=False, args=[
+    cli = build_cli(run=False, args=[
                            "--config", str(CONFIGS / f"resnet18_{modality}.yaml"),
                            f"--seed_everything={args.seed}",
                            f"--data.init_args.root={args.data}",
