@@ -324,7 +324,9 @@ class MoCo(SSLModule):
     def ssl_loss(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
         q0, q1 = self.projection(self.backbone(torch.cat(views[:2]))).chunk(2)
         k0, k1 = self._keys(views[0]), self._keys(views[1])
-        return 0.5 * (self.criterion(q0, k1) + self.criterion(q1, k0)), q0
+        # One call for both directions: the memory bank enqueues after each call, so a second call would
+        # find this batch's own keys (near-copies of its queries) among the negatives.
+        return self.criterion(torch.cat([q0, q1]), torch.cat([k1, k0])), q0
 
 
 class BYOL(SSLModule):

@@ -221,3 +221,23 @@ def test_probe_checkpoint_needs_no_ssl_file_to_test(simclr_checkpoint, synthetic
                    f"--model.init_args.backbone_checkpoint={ssl_copy}"])
     assert cli.model.hparams.backbone_checkpoint is None
     assert 0 <= float(cli.trainer.callback_metrics["test_acc"]) <= 1
+
+
+def test_moco_negatives_come_from_before_the_batch():
+    import copy
+
+    from fimvision.models.ssl import MoCo
+
+    torch.manual_seed(0)
+    moco = MoCo(backbone="resnet18", num_classes=2, img_size=32, queue_size=16, proj_hidden_dim=32,
+                proj_output_dim=8).eval()  # eval: batch norm does not depend on the key shuffle
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    before = copy.deepcopy(moco.criterion)  # the queue as it was before this batch
+    loss, _ = moco.ssl_loss(views)
+    with torch.no_grad():
+        q0, q1 = moco.projection(moco.backbone(torch.cat(views))).chunk(2)
+        k0, k1 = moco._keys(views[0]), moco._keys(views[1])
+        expected = before(torch.cat([q0, q1]).requires_grad_(), torch.cat([k1, k0]))
+    # Both directions are scored against the old queue only: this batch's own keys are never negatives.
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert int(moco.criterion.memory_bank.bank_ptr) == 8  # then both views' keys are enqueued
