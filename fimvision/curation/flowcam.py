@@ -52,7 +52,14 @@ from tqdm.auto import tqdm
 
 from fimvision.curation.errors import CurationError
 from fimvision.curation.imageio import IMAGE_SUFFIXES, is_grey, read_image, write_png
-from fimvision.curation.output import OutputFolder, SkipLog, Summary, class_counts, write_manifest
+from fimvision.curation.output import (
+    OutputFolder,
+    SkipLog,
+    Summary,
+    class_counts,
+    unique_columns,
+    write_manifest,
+)
 
 GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 LST_NUMERIC_TYPES = {"int32": "Int64", "int": "Int64", "int64": "Int64", "double": "float64", "float": "float64"}
@@ -291,13 +298,7 @@ def read_flowcam_csv(path: str | Path) -> pd.DataFrame:
     except pd.errors.ParserError as err:
         raise CurationError(f"cannot be read as CSV ({err})", file=path,
                             hint="re-export the particle data, or leave the .csv out") from err
-    names: list[str] = []
-    for column in frame.columns:
-        name = normalise_header(column)
-        while name in names:
-            name += "_2"
-        names.append(name)
-    frame.columns = names
+    frame.columns = unique_columns(frame.columns, normalise_header)
     if "particle_id" not in frame.columns:
         raise CurationError("no 'Particle ID' column", file=path, line=header + 1,
                             hint="the CSV is joined to the .lst by Particle ID")

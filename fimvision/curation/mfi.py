@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from fimvision.curation.errors import CurationError
 from fimvision.curation.imageio import IMAGE_SUFFIXES, read_image, write_png
-from fimvision.curation.output import OutputFolder, Summary, class_counts, write_manifest
+from fimvision.curation.output import OutputFolder, Summary, class_counts, unique_columns, write_manifest
 
 ALIASES: dict[str, str] = {
     "ecd": "esd_um", "ecdum": "esd_um", "ecdmicrons": "esd_um", "equivalentcirculardiameter": "esd_um",
@@ -118,13 +118,7 @@ def read_mfi_csv(path: str | Path) -> pd.DataFrame:
                             skipinitialspace=True)
     except pd.errors.ParserError as err:
         raise CurationError(f"cannot be read as CSV ({err})", file=path, hint="re-export the particle data") from err
-    names: list[str] = []
-    for column in frame.columns:
-        name = mfi_column(column)
-        while name in names:
-            name += "_2"
-        names.append(name)
-    frame.columns = names
+    frame.columns = unique_columns(frame.columns, mfi_column)
     frame["line"] = np.arange(len(frame)) + header + 2
     if "frame" not in frame.columns:
         raise CurationError("no frame column (Frame #)", file=path, line=header + 1,

@@ -210,3 +210,14 @@ def copy_images(frame: pd.DataFrame, source: Path, target: Path, *, columns: Seq
             new_paths.append(dest_rel)
         frame[column] = new_paths
     return frame
+
+
+def unique_columns(columns, normalise) -> list[str]:
+    """``normalise`` applied to each column name, with "_2" appended until no name repeats."""
+    names: list[str] = []
+    for column in columns:
+        name = normalise(column)
+        while name in names:
+            name += "_2"
+        names.append(name)
+    return names
