@@ -570,7 +570,14 @@ class SHOT(_SourceFree):
         return loss
 
 
-class NRC(_SourceFree):
+class _NeighbourBanks(_SourceFree):
+    """Source-free methods that look up neighbours in feature and score banks of the whole unlabelled part."""
+
+    def on_train_start(self) -> None:
+        self._init_banks()
+
+
+class NRC(_NeighbourBanks):
     __doc__ = f"""NRC (Yang et al. 2021): neighbourhood reciprocity clustering with feature and score banks of
     the whole unlabelled target part; ``k`` neighbours (weight 1 when reciprocal, 0.1 otherwise) and
     ``m`` expanded neighbours of each (weight 0.1), plus a diversity term.
@@ -601,9 +608,6 @@ class NRC(_SourceFree):
         self._init_source(source_checkpoint, num_classes, class_names, in_chans, img_size)
         self._init_sfda()
 
-    def on_train_start(self) -> None:
-        self._init_banks()
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         feats = self.net.features(batch["image"])
         probs = self.net.classifier(feats).softmax(dim=1)
@@ -614,7 +618,7 @@ class NRC(_SourceFree):
         return loss
 
 
-class AaD(_SourceFree):
+class AaD(_NeighbourBanks):
     __doc__ = f"""AaD (Yang et al. 2022, attracting and dispersing): attract each prediction to its ``k`` nearest
     bank neighbours, disperse it from the other predictions of the batch with weight
     ``alpha x (1 + 10 p) ** -beta`` (p: training progress).
@@ -646,9 +650,6 @@ class AaD(_SourceFree):
         self.save_hyperparameters()
         self._init_source(source_checkpoint, num_classes, class_names, in_chans, img_size)
         self._init_sfda()
-
-    def on_train_start(self) -> None:
-        self._init_banks()
 
     def dispersion_weight(self) -> float:
         progress = self.global_step / max(1, int(self.trainer.estimated_stepping_batches))
