@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -22,4 +23,12 @@ def synthetic_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic") / "data"
     write_dataset(root, SyntheticConfig(antibodies=3, per_class=16, particles_per_vial=8, seed=0), progress=False)
+    return root
+
+
+@pytest.fixture
+def dataset_copy(synthetic_root, tmp_path) -> Path:
+    """A private copy of the tiny synthetic dataset, for tests that break or rewrite it."""
+    root = tmp_path / "ds"
+    shutil.copytree(synthetic_root, root)
     return root

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -25,3 +27,10 @@ def run_cli(args: list[str]):
     from fimvision.cli import main
 
     return main([str(a) for a in args])
+
+
+def rewrite_manifest(root: Path, change) -> pd.DataFrame:
+    """Rewrite ``root/manifest.csv`` as ``change(frame)`` (text as read, empty cells kept); returns the new frame."""
+    frame = change(pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False))
+    frame.to_csv(root / "manifest.csv", index=False)
+    return frame

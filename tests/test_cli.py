@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pandas as pd
 import pytest
 import torch
-from fimtest import CONFIGS, fast_args, run_cli
+from fimtest import CONFIGS, fast_args, rewrite_manifest, run_cli
 
 SUPERVISED = sorted(p for p in (CONFIGS / "supervised").glob("*.yaml"))
 
@@ -42,51 +40,37 @@ def expect_exit(args, capsys, message):
     assert message in capsys.readouterr().err
 
 
-@pytest.fixture
-def broken(synthetic_root, tmp_path):
-    root = tmp_path / "ds"
-    shutil.copytree(synthetic_root, root)
-    return root
-
-
 def fit_args(root, out):
     return ["fit", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, out),
             "--trainer.fast_dev_run=true"]
 
 
-def rewrite(root, change):
-    frame = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
-    frame = change(frame)
-    frame.to_csv(root / "manifest.csv", index=False)
-    return frame
+def test_missing_column_exits_2(dataset_copy, tmp_path, capsys):
+    rewrite_manifest(dataset_copy, lambda f: f.rename(columns={"image": "filename"}))
+    expect_exit(fit_args(dataset_copy, tmp_path), capsys, "missing required column(s) ['image']")
 
 
-def test_missing_column_exits_2(broken, tmp_path, capsys):
-    rewrite(broken, lambda f: f.rename(columns={"image": "filename"}))
-    expect_exit(fit_args(broken, tmp_path), capsys, "missing required column(s) ['image']")
+def test_missing_file_exits_2(dataset_copy, tmp_path, capsys):
+    frame = rewrite_manifest(dataset_copy, lambda f: f)
+    (dataset_copy / frame["image"][7]).unlink()
+    expect_exit(fit_args(dataset_copy, tmp_path), capsys, f"line 9, column 'image': file '{frame['image'][7]}' not found")
 
 
-def test_missing_file_exits_2(broken, tmp_path, capsys):
-    frame = rewrite(broken, lambda f: f)
-    (broken / frame["image"][7]).unlink()
-    expect_exit(fit_args(broken, tmp_path), capsys, f"line 9, column 'image': file '{frame['image'][7]}' not found")
+def test_corrupt_image_exits_2(dataset_copy, tmp_path, capsys):
+    frame = rewrite_manifest(dataset_copy, lambda f: f)
+    (dataset_copy / frame["image"][3]).write_bytes(b"\x89PNG truncated")
+    expect_exit(fit_args(dataset_copy, tmp_path), capsys, "line 5, column 'image': cannot decode")
 
 
-def test_corrupt_image_exits_2(broken, tmp_path, capsys):
-    frame = rewrite(broken, lambda f: f)
-    (broken / frame["image"][3]).write_bytes(b"\x89PNG truncated")
-    expect_exit(fit_args(broken, tmp_path), capsys, "line 5, column 'image': cannot decode")
-
-
-def test_unknown_label_exits_2(broken, tmp_path, capsys):
-    rewrite(broken, lambda f: f.assign(label=f["label"].where(f.index != 0, "freeze-thaw")))
-    expect_exit([*fit_args(broken, tmp_path), "--data.init_args.classes=[heat,mechanical]"], capsys,
+def test_unknown_label_exits_2(dataset_copy, tmp_path, capsys):
+    rewrite_manifest(dataset_copy, lambda f: f.assign(label=f["label"].where(f.index != 0, "freeze-thaw")))
+    expect_exit([*fit_args(dataset_copy, tmp_path), "--data.init_args.classes=[heat,mechanical]"], capsys,
                 "line 2, column 'label': 'freeze-thaw' is not one of classes ['heat', 'mechanical']")
 
 
-def test_empty_split_exits_2(broken, tmp_path, capsys):
-    rewrite(broken, lambda f: f.assign(split=["train", "val"] * (len(f) // 2)))
-    expect_exit([*fit_args(broken, tmp_path), "--data.init_args.split=predefined"], capsys,
+def test_empty_split_exits_2(dataset_copy, tmp_path, capsys):
+    rewrite_manifest(dataset_copy, lambda f: f.assign(split=["train", "val"] * (len(f) // 2)))
+    expect_exit([*fit_args(dataset_copy, tmp_path), "--data.init_args.split=predefined"], capsys,
                 "split 'predefined' (fold 0) left the 'test' set empty")
 
 
@@ -136,13 +120,12 @@ def test_interrupted_fit_resumes_from_last_checkpoint(synthetic_root, tmp_path):
     assert resumed["epoch"] == 1 and resumed["global_step"] == 6  # continued, not restarted
 
 
-def test_predict_writes_particles_and_sample_verdicts(trained, synthetic_root, tmp_path):
+def test_predict_writes_particles_and_sample_verdicts(trained, dataset_copy, tmp_path):
     ckpt, _ = trained
     # New data without labels: the class names come from the checkpoint.
-    root = tmp_path / "new"
-    shutil.copytree(synthetic_root, root)
-    truth = rewrite(root, lambda f: f)
-    rewrite(root, lambda f: f.drop(columns=["label"]))
+    root = dataset_copy
+    truth = rewrite_manifest(root, lambda f: f)
+    rewrite_manifest(root, lambda f: f.drop(columns=["label"]))
     run_cli(["predict", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, tmp_path),
              f"--ckpt_path={ckpt}", f"--prediction_writer.output_dir={tmp_path / 'pred'}"])
     particles = pd.read_csv(tmp_path / "pred" / "predictions.csv")

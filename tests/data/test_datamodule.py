@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 import pandas as pd
 import pytest
@@ -38,9 +37,8 @@ def test_bt709_differs_from_bt601(synthetic_root):
     assert not torch.equal(torch.as_tensor(a._decode()), torch.as_tensor(b._decode()))
 
 
-def test_unlabelled_rows_are_left_out_and_counted(synthetic_root, tmp_path, caplog):
-    root = tmp_path / "ds"
-    shutil.copytree(synthetic_root, root)
+def test_unlabelled_rows_are_left_out_and_counted(dataset_copy, caplog):
+    root = dataset_copy
     frame = pd.read_csv(root / "manifest.csv")
     frame.loc[frame.index % 3 == 0, "label"] = None
     frame.to_csv(root / "manifest.csv", index=False)

@@ -91,21 +91,15 @@ def _with_image(root, row, writer):
     return load_manifest(root)
 
 
-def test_corrupt_image_names_line(synthetic_root, tmp_path):
-    import shutil
-
-    root = tmp_path / "ds"
-    shutil.copytree(synthetic_root, root)
+def test_corrupt_image_names_line(dataset_copy):
+    root = dataset_copy
     manifest = _with_image(root, 2, lambda p: p.write_bytes(b"not a png"))
     with pytest.raises(DataError, match=r"line 4, column 'image': cannot decode"):
         decode_images(manifest, range(len(manifest.frame)), image_size=32, progress=False)
 
 
-def test_grey_image_refused_as_colour(synthetic_root, tmp_path):
-    import shutil
-
-    root = tmp_path / "ds"
-    shutil.copytree(synthetic_root, root)
+def test_grey_image_refused_as_colour(dataset_copy):
+    root = dataset_copy
     manifest = _with_image(root, 0, lambda p: Image.fromarray(np.full((20, 20), 120, np.uint8)).save(p))
     with pytest.raises(DataError, match=r"(?s)line 2.*one-channel.*modality: mono"):
         decode_images(manifest, range(3), image_size=32, progress=False)
