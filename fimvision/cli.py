@@ -3,35 +3,182 @@
 Model and data are given in subclass mode (``class_path`` + ``init_args``; short class names
 resolve). The model's number of classes, class names, input channels and image size follow the data
 module, so a modality or class list is set once, on the data.
+
+Every run writes into its own folder (the logger's ``version_N``, claimed atomically), and ``test``,
+``predict`` or a resumed ``fit`` on a run's checkpoint write into that run's folder. Exit status: 0
+success, 2 bad input (one line on stderr), 130 interrupted, 1 internal error (traceback).
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
+import re
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.cli import LightningCLI
+from jsonargparse import DefaultHelpFormatter, Namespace
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 import fimvision.data.datamodule  # noqa: F401  (registers the data modules for short class names)
 import fimvision.data.domains  # noqa: F401  (registers DomainDataModule)
 import fimvision.models.adaptation  # noqa: F401  (registers SourceModel, FewShotFinetune, SHOT, NRC, AaD)
 import fimvision.models.classifier  # noqa: F401  (registers the models for short class names)
 import fimvision.models.ssl  # noqa: F401  (registers SimCLR, MoCo, BYOL, DINO and SSLDataModule)
-from fimvision.errors import CheckpointError, FimvisionError
+from fimvision.callbacks import RunGuard
+from fimvision.checkpoints import RunCheckpoint, read_checkpoint, run_folder_of
+from fimvision.console import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    one_line,
+    quiet_third_party,
+    user_error_in,
+)
+from fimvision.errors import CheckpointError
+from fimvision.loggers import RunCSVLogger
 from fimvision.prediction import PredictionWriter
+
+__all__ = ["FimvisionCLI", "RunCheckpoint", "RunCSVLogger", "build_cli", "main"]
 
 # Model arguments that must match between a checkpoint and the data it is used on.
 CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size")
 # Model arguments that only say where starting weights come from: a full checkpoint (--ckpt_path)
 # supersedes them, so they are not loaded again (no hub download, no need to keep the files).
 STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint": None}
+# Trainer arguments whose int means batches and float a fraction: Lightning annotates them float-first,
+# so "1" would become 1.0 (all batches).
+INT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                   "overfit_batches", "val_check_interval")
+# Loggers whose folder is save_dir/name/version and that fimvision can point at an existing run folder.
+FOLDER_LOGGERS = ("RunCSVLogger", "CSVLogger", "TensorBoardLogger")
+
+DESCRIPTION = """\
+fimvision: train, evaluate and apply image classifiers for flow imaging microscopy (FIM) pictures of
+subvisible particles (supervised, self-supervised and few-shot adaptation models, any timm backbone).
+Each run writes its config, checkpoints and metrics into its own folder."""
+
+EPILOG = """\
+examples:
+  fimvision fit --config configs/supervised/resnet18_color.yaml --data.init_args.root=datasets/synthetic
+  fimvision test --config configs/supervised/resnet18_color.yaml \\
+      --ckpt_path=runs/supervised/lightning_logs/version_0/checkpoints/last.ckpt
+  fimvision predict --config configs/supervised/resnet18_color.yaml --data.init_args.root=NEW_SAMPLES \\
+      --ckpt_path=runs/supervised/lightning_logs/version_0/checkpoints/last.ckpt
+
+`fimvision fit --help` lists every option; `fimvision fit --config FILE --print_config` shows the result.
+exit status: 0 success, 2 bad input or settings (one line on stderr), 130 interrupted, 1 internal error."""
+
+
+# The parsers of the CLI being built, for close-match suggestions when parsing fails.
+_PARSERS: list[argparse.ArgumentParser] = []
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description and examples kept as written."""
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the resolved config in the run's folder, never over an earlier one: ``config.yaml`` for a new
+    fit, ``config_resume.yaml`` for a resumed one, ``config_test.yaml`` (``_validate``, ``_predict``) for
+    evaluations; numbered (``config_test_2.yaml``) when the name is taken."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        stage = str(getattr(stage, "value", stage))
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        resumed = stage == "fit" and bool(self.config.get("ckpt_path"))
+        stem = "config" if stage == "fit" and not resumed else f"config_{'resume' if resumed else stage}"
+        name, n = f"{stem}.yaml", 2
+        if trainer.is_global_zero:
+            while (log_dir / name).exists():
+                name, n = f"{stem}_{n}.yaml", n + 1
+        self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+
+def _close(word: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(match)}?" if match else ""
+
+
+def _class_options(class_path: str) -> list[str]:
+    """The init arguments a class accepts (through **kwargs to its bases too), as jsonargparse sees them."""
+    from jsonargparse import ArgumentParser
+    from jsonargparse._typehints import resolve_class_path_by_name
+
+    try:
+        module, _, name = resolve_class_path_by_name(pl.LightningModule, class_path).rpartition(".")
+        cls = getattr(__import__(module, fromlist=[name]), name)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "x", fail_untyped=False)
+        return [a.dest.removeprefix("x.") for a in parser._actions if a.dest.startswith("x.")]
+    except Exception:  # a suggestion is a courtesy; never fail the error message on it
+        return []
+
+
+def _type_name(text: str) -> str:
+    """'<class 'float'>' -> 'a float'; "typing.Literal['a', 'b']" -> "one of 'a', 'b'"."""
+    plain = re.fullmatch(r"<class '(?:builtins\.)?(\w+)'>", text)
+    if plain:
+        return f"a{'n' if plain.group(1)[0] in 'aeiou' else ''} {plain.group(1)}"
+    literal = re.fullmatch(r"typing\.Literal\[(.+)\]", text)
+    return f"one of {literal.group(1)}" if literal else text
+
+
+def describe_parse_error(err: BaseException, parser: argparse.ArgumentParser | None) -> str:
+    """One line for a jsonargparse error: the dotted option, what is wrong with it, and a close match."""
+    messages = []
+    cause: BaseException | None = err
+    while cause is not None and len(messages) < 20:
+        messages.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = "\n".join(messages)
+    keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', text)))
+    class_path = re.search(r"Problem with given class_path '([^']+)'", text)
+    unknown = re.search(r"Option '([^']+)' is not accepted", text)
+    key = ".".join(keys)
+    if class_path and keys:
+        key = f"{keys[0]}.init_args" + (f".{keys[1]}" if len(keys) > 1 else "")
+    if unknown:
+        option = unknown.group(1)
+        where = f"--{key}.{option}" if key else f"--{option}"
+        cls = class_path.group(1).rsplit(".", 1)[-1] if class_path else "this section"
+        hint = _close(option, _class_options(class_path.group(1))) if class_path else ""
+        return f"{where}: {cls} has no argument '{option}'.{hint}"
+    unrecognized = re.search(r"[Uu]nrecognized arguments: (.+)", text)
+    if unrecognized:
+        given = unrecognized.group(1).split()[0].split("=")[0]
+        options = [o for p in ([parser] if parser else _PARSERS) for a in p._actions for o in a.option_strings]
+        return (f"unknown option {given}.{_close(given, sorted(set(options)))} `fimvision fit --help` lists the "
+                "options.")
+    expected = re.search(r"Expected a (.+?)\. Got value: (.+)", text)
+    if expected:
+        return f"--{key}: expected {_type_name(expected.group(1))}, got {expected.group(2).strip()!r}."
+    last = [line.strip() for line in messages[-1].splitlines() if line.strip()]
+    return (f"--{key}: " if key else "") + (last[0] if last else one_line(err))
 
 
 class FimvisionCLI(LightningCLI):
-    """LightningCLI with the data-to-model links and checkpoint checks fimvision needs."""
+    """LightningCLI with fimvision's data-to-model links, checkpoint checks and one folder per run."""
+
+    checkpoint: dict[str, Any] | None = None
+    _resume_point: tuple[int, int] | None = None
+
+    def init_parser(self, **kwargs: Any):
+        # Errors are raised, not printed with 50 lines of usage: `main` turns them into one line.
+        kwargs.setdefault("exit_on_error", False)
+        parser = super().init_parser(**kwargs)
+        parser.allow_abbrev = False  # `--trainer.max_epoch` must not silently mean max_epochs
+        _PARSERS.append(parser)
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -39,20 +186,30 @@ class FimvisionCLI(LightningCLI):
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.img_size", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(RunGuard, "run_guard")
+        for name in INT_OR_FRACTION:
+            action = parser._option_string_actions.get(f"--trainer.{name}")
+            if action is not None and hasattr(action, "_typehint"):
+                action._typehint = int | float | None
 
     @property
     def active_config(self):
         """The config of the subcommand being run (the whole config when run=False)."""
         return self.config[self.subcommand] if self.subcommand else self.config
 
-    def _checkpoint_hparams(self) -> dict:
-        path = self.active_config.get("ckpt_path")
-        if not path or not Path(path).is_file():
-            return {}
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path:
+            self.checkpoint = read_checkpoint(path)
         try:
-            return torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-        except Exception as err:
-            raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}).") from err
+            super()._parse_ckpt_path()
+        except argparse.ArgumentError as err:
+            raise CheckpointError(f"checkpoint {path} was saved by a model these settings cannot rebuild "
+                                  f"({describe_parse_error(err, None)}). Give the config it was trained with.") from err
+
+    def _checkpoint_hparams(self) -> dict:
+        return dict((self.checkpoint or {}).get("hyper_parameters") or {})
 
     def before_instantiate_classes(self) -> None:
         saved = self._checkpoint_hparams()
@@ -66,51 +223,131 @@ class FimvisionCLI(LightningCLI):
         data = self.active_config.data
         if names and "classes" in data.get("init_args", {}) and data.init_args.classes is None:
             data.init_args.classes = list(names)
+        self._continue_in_run_folder()
+
+    def _continue_in_run_folder(self) -> None:
+        """Point the logger at the folder of the run whose checkpoint is given (resume, test, predict)."""
+        path = self.active_config.get("ckpt_path") if self.subcommand else None
+        run = run_folder_of(path) if path else None
+        if run is None:
+            return
+        loggers = self.active_config.trainer.get("logger")
+        entries = loggers if isinstance(loggers, list) else [loggers]
+        for entry in entries:
+            if isinstance(entry, Namespace) and entry.get("class_path", "").rsplit(".", 1)[-1] in FOLDER_LOGGERS:
+                entry.init_args.save_dir = str(run.parent)
+                entry.init_args.name = ""
+                entry.init_args.version = run.name
+                break
+        else:
+            return
+        if self.subcommand == "fit" and self.checkpoint is not None:
+            self._resume_point = (int(self.checkpoint.get("epoch", 0)), int(self.checkpoint.get("global_step", 0)))
+        # Lightning warns that the checkpoint folder is not empty: here that is the point.
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+        logging.getLogger("fimvision").info("continuing in run folder %s", run)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        self._check_checkpoint_fits()
+        if self._resume_point is not None:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, RunCSVLogger):
+                    logger.drop_rows_after(*self._resume_point)
+
+    def _check_checkpoint_fits(self) -> None:
         saved = self._checkpoint_hparams()
         if not saved:
             return
         now = dict(self.model.hparams)
-        wrong = [f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in CHECKPOINT_CONTRACT
-                 if k in saved and k in now and saved[k] != now[k]]
+        wrong = [k for k in CHECKPOINT_CONTRACT if k in saved and k in now and saved[k] != now[k]]
         if wrong:
+            details = "; ".join(f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in wrong)
+            hints = [h for h in dict.fromkeys(self._fitting_setting(k, saved[k]) for k in wrong) if h]
             raise CheckpointError(
-                f"checkpoint {self.active_config.ckpt_path} does not fit this data: " + "; ".join(wrong)
-                + ". Use the modality, image_size and classes the model was trained with "
-                "(e.g. --data.init_args.modality=mono), or another checkpoint.")
+                f"checkpoint {self.active_config.ckpt_path} does not fit this data: {details}. "
+                + (f"Settings that fit it: {' '.join(hints)}; or use another checkpoint."
+                   if hints else "Use the data settings it was trained with, or another checkpoint."))
+
+    def before_predict(self) -> None:
+        # Refuse to write over earlier predictions before any image is decoded.
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, PredictionWriter):
+                callback.check_output(self.trainer)
+
+    def _fitting_setting(self, key: str, value: Any) -> str:
+        """The data setting that gives the model argument ``key`` the checkpoint's ``value``."""
+        args = self.active_config.data.get("init_args", {})
+        if key == "img_size":
+            return f"--data.init_args.image_size={value}"
+        if key in ("class_names", "num_classes"):
+            saved = self._checkpoint_hparams().get("class_names")
+            return f"--data.init_args.classes=[{','.join(saved)}]" if saved else ""
+        if key == "in_chans":
+            if "modality" in args and "mono_channels" in args:
+                return ("--data.init_args.modality=color" if value == 3 and args.get("modality") == "mono"
+                        and args.get("mono_channels") != 3 else
+                        "--data.init_args.modality=mono --data.init_args.mono_channels=1" if value == 1 else
+                        "--data.init_args.mono_channels=3")
+            if "channels" in args:
+                return f"--data.init_args.channels={value}"
+        return ""
 
 
 def build_cli(args: list[str] | None = None, *, run: bool = True) -> FimvisionCLI:
     """The `fimvision` CLI on ``args`` (default: the command line); ``run=False`` (no subcommand) only builds
     the trainer, model and data module, for programs that drive them (the demo, benchmarks)."""
     argv = sys.argv
+    _PARSERS.clear()
     if args is not None:  # explicit args: the caller's own command line is not ours to parse or warn about
         sys.argv = argv[:1]
     try:
         return FimvisionCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                            subclass_mode_data=True, save_config_kwargs={"overwrite": True}, args=args, run=run)
+                            subclass_mode_data=True, save_config_callback=RunConfigSaver,
+                            parser_kwargs={"description": DESCRIPTION, "epilog": EPILOG, "prog": "fimvision",
+                                           "formatter_class": HelpFormatter},
+                            args=args, run=run)
     finally:
         sys.argv = argv
 
 
-def main(args: list[str] | None = None) -> FimvisionCLI:
-    """Run the CLI on ``args`` (default: the command line) and return it, with its trainer and model."""
+def main(args: list[str] | None = None) -> int:
+    """Run the CLI on ``args`` (default: the command line) and return the exit status (see the module doc)."""
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
+    quiet_third_party()
+    interrupted = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):  # Lightning turns Ctrl-C into sys.exit(1) after a graceful stop
+            interrupted.set()
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        return build_cli(args)
+        build_cli(args)
+    except SystemExit as err:  # --help, --print_config (0); Lightning after Ctrl-C (1)
+        if interrupted.is_set():
+            return EXIT_INTERRUPTED
+        return err.code if isinstance(err.code, int) else (EXIT_OK if err.code is None else EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except argparse.ArgumentError as err:
+        user = user_error_in(err)
+        print(f"error: {one_line(user) if user else describe_parse_error(err, None)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as err:
-        # jsonargparse wraps errors raised while instantiating classes: find the user error inside.
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, FimvisionError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
+        user = user_error_in(err)
+        if user is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {one_line(user)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

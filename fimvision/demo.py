@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 from fimvision.cli import build_cli
+from fimvision.console import make_parser, quiet_third_party, run_main
 from fimvision.data.synthetic import SyntheticConfig, write_dataset
 from fimvision.plots import grouped_bars_png
 
@@ -21,8 +23,7 @@ METRICS = {"test_acc": "accuracy", "test_balanced_acc": "balanced accuracy", "te
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="fimvision-demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser("fimvision-demo", __doc__ or "")
     parser.add_argument("--data", type=Path, default=Path("datasets/synthetic-demo"),
                         help="synthetic dataset folder (generated when missing)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for runs, table and plots")
@@ -55,7 +56,13 @@ def train_and_test(modality: str, args: argparse.Namespace) -> tuple[dict, Path,
     return metrics, Path(cli.trainer.log_dir) / "confusion_matrix.png", held_out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The `fimvision-demo` console script; returns its exit status (0, 2 bad input, 130, 1)."""
+    quiet_third_party()
+    return run_main(run, argv)
+
+
+def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
@@ -80,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     for modality, path in confusions.items():
         print(f"confusion ({modality}): {path}")
     print(f"done in {(time.time() - start) / 60:.1f} min")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

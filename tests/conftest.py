@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -12,8 +13,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from fimtest import REPO, fit_cmd, run  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two pytest-xdist workers share the two cores: one thread each, no oversubscription.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,22 @@ def dataset_copy(synthetic_root, tmp_path) -> Path:
     root = tmp_path / "ds"
     shutil.copytree(synthetic_root, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    """A working folder with a tiny dataset written by the real tools/make_synthetic.py."""
+    work = tmp_path_factory.mktemp("entry")
+    result = run([sys.executable, REPO / "tools" / "make_synthetic.py", "--out", "data", "--antibodies", "2",
+                  "--per-class", "16", "--particles-per-vial", "8", "--no-progress"], work)
+    assert result.returncode == 0 and "total: 64 particles" in result.stdout, result.stderr
+    return work
+
+
+@pytest.fixture(scope="session")
+def fitted(work) -> Path:
+    """The run folder of one real `fimvision fit` (2 epochs)."""
+    result = run(fit_cmd("--trainer.max_epochs=2", save_dir="fitted"), work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FimvisionCLI object" not in result.stdout + result.stderr  # nothing printed after the command's output
+    return work / "fitted" / "lightning_logs" / "version_0"

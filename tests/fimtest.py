@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,8 +25,17 @@ def fast_args(root: Path, out: Path, image_size: int = 32) -> list[str]:
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-def run_cli(args: list[str]):
-    """`fimvision ARGS` in this process: the real CLI, without paying its imports again. Returns the CLI."""
+def run_cli(args: list[str], run: bool = True):
+    """`fimvision ARGS` in this process: the real CLI, without paying its imports again. Returns the CLI;
+    errors are raised (use ``run_main`` for the exit status and message). ``run=False``: no subcommand,
+    only build the trainer, model and data module."""
+    from fimvision.cli import build_cli
+
+    return build_cli([str(a) for a in args], run=run)
+
+
+def run_main(args: list[str]) -> int:
+    """`fimvision ARGS` in this process; returns its exit status, as the console script would."""
     from fimvision.cli import main
 
     return main([str(a) for a in args])
@@ -34,3 +46,53 @@ def rewrite_manifest(root: Path, change) -> pd.DataFrame:
     frame = change(pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False))
     frame.to_csv(root / "manifest.csv", index=False)
     return frame
+
+
+# ------------------------------------------------------------ the installed entry points, as subprocesses
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+SUPERVISED = CONFIGS / "supervised" / "resnet18_color.yaml"
+
+
+def exe(name: str) -> str:
+    path = BIN / name
+    assert path.is_file(), f"{path} is missing: install the package (`make test` does: pip install -e .)"
+    return str(path)
+
+
+def run(cmd: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def run_all(cmds: list[list], cwd: Path, at_once: int = 3) -> list[subprocess.CompletedProcess]:
+    """Run independent commands a few at a time (each pays the same import cost; two cores share it)."""
+    results: list[subprocess.CompletedProcess | None] = [None] * len(cmds)
+    pending = list(enumerate(cmds))
+    running: list[tuple[int, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < at_once:
+            i, cmd = pending.pop(0)
+            cmd = [str(c) for c in cmd]
+            running.append((i, subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, text=True)))
+        i, proc = running.pop(0)
+        out, err = proc.communicate(timeout=300)
+        results[i] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return results  # type: ignore[return-value]
+
+
+def user_error(result: subprocess.CompletedProcess, message: str) -> None:
+    """Exit status 2 and one `error:` line that says ``message``; no traceback, no usage dump."""
+    what = f"{' '.join(result.args[1:4])}...:\n{result.stderr[-2000:]}"
+    assert result.returncode == 2, what
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, what
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr, what
+
+
+def fit_cmd(*extra: str, save_dir: str = "runs") -> list:
+    return [exe("fimvision"), "fit", "--config", SUPERVISED, "--data.init_args.root=data",
+            "--data.init_args.image_size=32", "--data.init_args.batch_size=8", "--data.init_args.num_workers=0",
+            "--model.init_args.backbone=test_resnet", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={save_dir}",
+            "--trainer.log_every_n_steps=1", *extra]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from fimtest import CONFIGS, fast_args, rewrite_manifest, run_cli
+from fimtest import CONFIGS, fast_args, rewrite_manifest, run_cli, run_main
 
 SUPERVISED = sorted(p for p in (CONFIGS / "supervised").glob("*.yaml"))
 
@@ -34,10 +34,10 @@ def test_config_runs_fast_dev_run(config, synthetic_root, tmp_path):
 
 
 def expect_exit(args, capsys, message):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(args)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert run_main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
 
 
 def fit_args(root, out):
@@ -90,21 +90,27 @@ def trained(synthetic_root, tmp_path_factory):
     return train(synthetic_root, out, "--trainer.limit_train_batches=4"), out
 
 
-def test_test_from_checkpoint_reproduces_metrics(trained, synthetic_root, tmp_path):
+def test_test_and_validate_write_into_the_runs_folder(trained, synthetic_root, tmp_path):
     ckpt, _ = trained
-    results = []
-    for run in ("a", "b"):
-        run_cli(["test", "--config", CONFIGS / "supervised" / "resnet18_color.yaml",
-                 *fast_args(synthetic_root, tmp_path / run), f"--ckpt_path={ckpt}"])
-        results.append(metrics_of(tmp_path / run))
-        assert (next((tmp_path / run).rglob("confusion_matrix.png"))).stat().st_size > 1000
-    for key in ("test_acc", "test_balanced_acc", "test_f1_macro", "test_loss", "test_recall_heat"):
-        assert results[0][key] == pytest.approx(results[1][key], abs=1e-6), key
+    run = ckpt.parent.parent
+    config = CONFIGS / "supervised" / "resnet18_color.yaml"
+    for _ in range(2):
+        run_cli(["test", "--config", config, *fast_args(synthetic_root, tmp_path / "elsewhere"), f"--ckpt_path={ckpt}"])
     # Validating the saved checkpoint gives the validation scores logged when it was saved.
-    run_cli(["validate", "--config", CONFIGS / "supervised" / "resnet18_color.yaml",
-             *fast_args(synthetic_root, tmp_path / "v"), f"--ckpt_path={ckpt}"])
+    run_cli(["validate", "--config", config, *fast_args(synthetic_root, tmp_path / "elsewhere"), f"--ckpt_path={ckpt}"])
+    assert not (tmp_path / "elsewhere").exists()  # no second version_N folder
+    assert sorted(p.name for p in run.glob("config*.yaml")) == [
+        "config.yaml", "config_test.yaml", "config_test_2.yaml", "config_validate.yaml"]
+    assert (run / "confusion_matrix.png").stat().st_size > 1000
+    rows = pd.read_csv(run / "metrics.csv")
+    tests = rows.dropna(subset=["test_acc"])
+    assert len(tests) == 2
+    for key in ("test_acc", "test_balanced_acc", "test_f1_macro", "test_loss", "test_recall_heat"):
+        assert tests[key].iloc[0] == pytest.approx(tests[key].iloc[1], abs=1e-6), key
+    vals = rows.dropna(subset=["val_loss"])
+    assert len(vals) == 2  # the fit's epoch and the validate run, appended
     for key in ("val_acc", "val_loss", "val_f1_macro"):
-        assert metrics_of(tmp_path / "v")[key] == pytest.approx(metrics_of(trained[1])[key], abs=1e-6), key
+        assert vals[key].iloc[-1] == pytest.approx(vals[key].iloc[0], abs=1e-6), key
 
 
 def test_interrupted_fit_resumes_from_last_checkpoint(synthetic_root, tmp_path):
@@ -147,3 +153,16 @@ def test_checkpoint_mismatch_is_explained(trained, synthetic_root, tmp_path, cap
     expect_exit(["test", "--config", CONFIGS / "supervised" / "resnet18_mono.yaml",
                  *fast_args(synthetic_root, tmp_path), f"--ckpt_path={ckpt}"], capsys,
                 "in_chans: checkpoint 3, now 1")
+
+
+def test_limit_batches_int_means_batches_and_float_a_fraction(synthetic_root, tmp_path):
+    base = ["--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(synthetic_root, tmp_path)]
+    one = run_cli([*base, "--trainer.limit_val_batches=1"], run=False).trainer.limit_val_batches
+    all_ = run_cli([*base, "--trainer.limit_val_batches=1.0"], run=False).trainer.limit_val_batches
+    assert (one, type(one), all_, type(all_)) == (1, int, 1.0, float)
+
+
+def test_options_are_not_abbreviated(synthetic_root, tmp_path, capsys):
+    assert run_main(["fit", "--config", CONFIGS / "supervised" / "resnet18_color.yaml",
+                     *fast_args(synthetic_root, tmp_path), "--trainer.max_epoch=3"]) == 2
+    assert "unknown option --trainer.max_epoch. Did you mean --trainer.max_epochs" in capsys.readouterr().err

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fimvision.curation.cli import add_output_arguments, make_parser, run_tool
+from fimvision.console import make_parser, run_tool
+from fimvision.curation.cli import add_output_arguments
 
 EPILOG = """\
 Reads RUN.lst (format 017, or the older ':'-separated layout), the collages RUN_00000N.tif (and
@@ -17,7 +18,7 @@ empty one (or are left out with --drop-unclassified). Sample = run name unless -
 otherwise.
 
 examples:
-  python tools/curate_flowcam.py ../shared/data/flowcam-color-vs4/*/ --out datasets/vs4 --group protist
+  python tools/curate_flowcam.py exports/flowcam/*/ --out datasets/vs4 --group protist
   python tools/curate_flowcam.py RUN1 RUN2 --out datasets/ab --group-csv runs.csv --masks
   python tools/curate_flowcam.py RUN --out datasets/r --label-folders exported_classes/ --drop-unclassified
 """

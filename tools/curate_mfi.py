@@ -6,8 +6,9 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+from fimvision.console import make_parser, run_tool
 from fimvision.curation import mfi
-from fimvision.curation.cli import add_output_arguments, make_parser, run_tool
+from fimvision.curation.cli import add_output_arguments
 
 EXAMPLES = """\
 examples:

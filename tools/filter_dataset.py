@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fimvision.curation.cli import make_parser, run_tool
+from fimvision.console import make_parser, run_tool
 
 EPILOG = """\
 Filters: ESD range (esd_um), edge particles (edge_particle, from MFI), crops smaller than --min-side,

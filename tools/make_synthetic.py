@@ -5,7 +5,7 @@ Defaults mirror the founding study: 8 antibodies x 2 stress sources (heat, mecha
 particles = 16,000 particles. The images are generated, not measured; the folder's README.txt and
 the manifest's `instrument` column (synthetic-flowcam) say so.
 
-Example:
+examples:
     python tools/make_synthetic.py --out datasets/synthetic
     python tools/make_synthetic.py --out /tmp/tiny --antibodies 2 --per-class 50 --extra-classes silicone_oil air_bubble
 """
@@ -15,18 +15,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
+from fimvision.console import make_parser, run_tool
 from fimvision.data.synthetic import EXTRA_CLASSES, SyntheticConfig, write_dataset
+from fimvision.errors import ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = SyntheticConfig()
-    parser = argparse.ArgumentParser(
-        prog="make_synthetic.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("make_synthetic.py", __doc__ or "")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     parser.add_argument(
         "--antibodies",
@@ -107,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         root = write_dataset(
             args.out, config, overwrite=args.overwrite, workers=args.workers, progress=not args.no_progress
         )
-    except (ValueError, FileExistsError) as error:
-        print(f"make_synthetic.py: error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, FileExistsError) as error:  # the generator's own checks: bad input, not a crash
+        raise ConfigError(str(error)) from error
     counts = class_counts(root)
     print(f"Wrote SYNTHETIC data (generated images, not measurements) to {root}")
     for label, n in counts.items():
@@ -119,4 +117,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fimvision.curation.cli import make_parser, run_tool
+from fimvision.console import make_parser, run_tool
 
 EPILOG = """\
 Mono is the BT.601 luminance of the colour crop (what a mono model sees). Crops are padded to square

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fimvision.curation.cli import add_output_arguments, make_parser, run_tool
+from fimvision.console import make_parser, run_tool
+from fimvision.curation.cli import add_output_arguments
 
 EPILOG = """\
 Tiles are the connected regions of non-black pixels (tiles sit on a pure black canvas with a black
@@ -15,8 +16,8 @@ rectangles; marks drawn on a monochrome collage (coloured pixels) are ignored; r
 printed per collage. Monochrome collages (R = G = B) give one-channel crops.
 
 examples:
-  python tools/split_collages.py ../shared/data/flowcam-mono-collages/*.tif --out datasets/mono-tiles
-  python tools/split_collages.py ../shared/data/flowcam-mono-collages/mAb7_*.tif --out datasets/mab7 \\
+  python tools/split_collages.py exports/mono-collages/*.tif --out datasets/mono-tiles
+  python tools/split_collages.py exports/mono-collages/mAb7_*.tif --out datasets/mab7 \\
       --group mAb7 --label mab7_silicone_oil_mix
   python tools/split_collages.py RUN/RUN_000001.tif --out datasets/check --check-lst RUN/RUN.lst
 """

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fimvision.curation.cli import add_output_arguments, make_parser, run_tool
+from fimvision.console import make_parser, run_tool
+from fimvision.curation.cli import add_output_arguments
 
 EPILOG = """\
 strategies (only labelled particles get a split; the logic is fimvision.data.splits):

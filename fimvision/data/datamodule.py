@@ -11,13 +11,14 @@ import torch
 
 from fimvision.data.dataset import Luminance, Modality, ParticleDataset, decode_images
 from fimvision.data.manifest import Manifest, load_manifest
+from fimvision.data.resumable import ResumableTraining
 from fimvision.data.splits import SplitStrategy, assign_splits, describe
 from fimvision.data.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
 
-class ParticleDataModule(pl.LightningDataModule):
+class ParticleDataModule(ResumableTraining, pl.LightningDataModule):
     """Particle images from a dataset folder (``manifest.csv`` + images).
 
     Args:
@@ -38,6 +39,8 @@ class ParticleDataModule(pl.LightningDataModule):
         batch_size: batch size of every loader.
         num_workers: loader worker processes.
         augment: apply training augmentation (flips, 90° rotations, mild brightness/contrast).
+        allow_outside_paths: accept manifest image paths that are absolute or leave the dataset folder
+            (``../``); off by default, so a dataset folder is self-contained and can be moved or shared.
     """
 
     # Whether a manifest without any label is an error (self-supervised subclasses accept one).
@@ -61,6 +64,7 @@ class ParticleDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         augment: bool = True,
+        allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -81,7 +85,8 @@ class ParticleDataModule(pl.LightningDataModule):
         self.augment = augment
         # Read (not decode) the manifest now: the model's number of classes is linked to it.
         self.manifest: Manifest = load_manifest(root, classes=classes,
-                                               require_labels=self.require_labels and classes is None)
+                                               require_labels=self.require_labels and classes is None,
+                                               allow_outside_paths=allow_outside_paths)
         self._images: np.ndarray | None = None
         self.datasets: dict[str, ParticleDataset] = {}
 
@@ -135,13 +140,14 @@ class ParticleDataModule(pl.LightningDataModule):
         targets = torch.as_tensor(self.datasets[split].targets)
         return torch.bincount(targets, minlength=self.num_classes)
 
-    def _loader(self, name: str, shuffle: bool = False) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            self.datasets[name], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=shuffle and len(self.datasets[name]) > self.batch_size)
+    def _loader(self, name: str) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=False,
+                                           num_workers=self.num_workers)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader("train", shuffle=True)
+        data = self.datasets["train"]
+        return self.training_loader(data, batch_size=self.batch_size, num_workers=self.num_workers,
+                                    drop_last=len(data) > self.batch_size)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader("val")

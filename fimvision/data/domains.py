@@ -43,6 +43,7 @@ import torch
 
 from fimvision.data.dataset import ParticleDataset, decode_images, luminance, read_image
 from fimvision.data.manifest import MANIFEST_NAME, load_manifest
+from fimvision.data.resumable import ResumableTraining
 from fimvision.data.transforms import Pipeline, eval_transform, to_canvas, train_transform
 from fimvision.errors import DataError
 
@@ -327,7 +328,7 @@ def make_train_transform(kind: Augment, channels: int) -> Pipeline:
 
 
 # ----------------------------------------------------------------------------------------- data module
-class DomainDataModule(pl.LightningDataModule):
+class DomainDataModule(ResumableTraining, pl.LightningDataModule):
     """A source and a target domain under the few-shot source-free adaptation protocol.
 
     The loaders follow what the model trains on (its ``train_on`` attribute, or ``train_on`` here):
@@ -365,7 +366,7 @@ class DomainDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        root: str = "../shared/data/domain-adaptation/MNIST_vs_USPS.mat",
+        root: str = "datasets/domain-adaptation/MNIST_vs_USPS.mat",
         source: str = "MNIST",
         target: str = "USPS",
         image_size: int = 32,
@@ -494,12 +495,11 @@ class DomainDataModule(pl.LightningDataModule):
         model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
         return getattr(model, "train_on", "source")
 
-    def _loader(self, dataset, shuffle: bool = False, sampler=None, batch_size: int | None = None):
-        batch_size = batch_size or self.batch_size
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(dataset) > batch_size)
+    def _loader(self, dataset) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def training_seed(self) -> int:
+        return int(self.hparams.seed)  # the few-shot draws depend on the seed alone, as the protocol says
 
     def fewshot_dataset(self, train: bool = True) -> ParticleDataset:
         """The ``n_shot`` labelled training images per class (train transforms when ``train``)."""
@@ -515,20 +515,19 @@ class DomainDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         mode = self.resolved_train_on()
-        if mode == "source":
-            return self._loader(self._dataset("source", self.source_train, train=True), shuffle=True)
-        if mode == "target":
-            return self._loader(self.pool_dataset(train=True), shuffle=True)
+        if mode in ("source", "target"):
+            data = (self._dataset("source", self.source_train, train=True) if mode == "source"
+                    else self.pool_dataset(train=True))
+            return self.training_loader(data, batch_size=self.batch_size, num_workers=self.num_workers,
+                                        drop_last=len(data) > self.batch_size)
         model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
         # The few-shot batch size and epoch length belong to the model (FewShotFinetune's fewshot_batch_size
         # and val_every); the defaults serve other models.
         batch = getattr(model, "fewshot_batch_size", None) or FEWSHOT_BATCH_SIZE
         batches = getattr(model, "fewshot_batches", None) or FEWSHOT_BATCHES
         dataset = self.fewshot_dataset(train=True)
-        generator = torch.Generator().manual_seed(int(self.hparams.seed))
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch * batches,
-                                                 generator=generator)
-        return self._loader(dataset, sampler=sampler, batch_size=batch)
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch * batches)
+        return self.training_loader(dataset, batch_size=batch, num_workers=self.num_workers, sampler=sampler)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         mode = self.resolved_train_on()

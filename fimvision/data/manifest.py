@@ -7,9 +7,12 @@ particle). Optional: ``group`` (antibody, product), ``sample`` (vial or run), ``
 
 from __future__ import annotations
 
+import difflib
+import logging
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 
@@ -23,6 +26,10 @@ SPLIT_NAMES = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
 MAX_LISTED = 10
+# A class this small next to a class of a similar name is probably a typo of it.
+FEW_PARTICLES = 3
+
+log = logging.getLogger(__name__)
 
 
 def csv_line(index: int) -> int:
@@ -72,8 +79,54 @@ class Manifest:
         return f"{self.path} line {int(self.frame['line'].iloc[row])}, column '{column}'"
 
 
+def outside_the_folder(image: str) -> bool:
+    """Whether a manifest image path is absolute or climbs out of the dataset folder (``../``)."""
+    if PurePosixPath(image).is_absolute() or PureWindowsPath(image).is_absolute() or image.startswith("~"):
+        return True
+    return posixpath.normpath(image.replace("\\", "/")).split("/")[0] == ".."
+
+
+def _path_problems(frame: pd.DataFrame, allow_outside: bool) -> list[str]:
+    problems = []
+    if not allow_outside:
+        problems += [f"line {line}, column 'image': '{image}' points outside the dataset folder; image paths must be "
+                     "relative to it and stay inside it" for line, image in zip(frame["line"], frame["image"],
+                                                                                   strict=True)
+                     if image and outside_the_folder(image)]
+    key = [posixpath.normpath(image.replace("\\", "/")) for image in frame["image"]]
+    first: dict[str, int] = {}
+    for line, image, k in zip(frame["line"], frame["image"], key, strict=True):
+        if not image:
+            continue
+        if k in first:
+            problems.append(f"lines {first[k]} and {line}, column 'image': the same image '{image}' is listed twice")
+        else:
+            first[k] = line
+    return problems
+
+
+def warn_similar_classes(path: Path, frame: pd.DataFrame) -> list[str]:
+    """Warn about a class of at most ``FEW_PARTICLES`` particles whose name is close to a larger class's
+    (``'heaat' has 1 particle; did you mean 'heat'?``). Returns the warnings."""
+    counts = frame.loc[frame["label"] != "", "label"].value_counts()
+    messages = []
+    for name, n in counts.items():
+        if n > FEW_PARTICLES:
+            continue
+        larger = [c for c in counts.index if counts[c] > n and c != name]
+        close = difflib.get_close_matches(name, larger, n=1, cutoff=0.75) or [
+            c for c in larger if c.strip().lower() == name.strip().lower()]
+        if close:
+            lines = frame.loc[frame["label"] == name, "line"].tolist()[:5]
+            messages.append(f"{path} line(s) {lines}, column 'label': '{name}' has {n} particle{'s' * (n != 1)}; "
+                            f"did you mean '{close[0]}' ({counts[close[0]]} particles)?")
+    for message in messages:
+        log.warning(message)
+    return messages
+
+
 def load_manifest(root: str | Path, *, classes: Sequence[str] | None = None, require_labels: bool = True,
-                  check_files: bool = True) -> Manifest:
+                  check_files: bool = True, allow_outside_paths: bool = False) -> Manifest:
     """Read and validate ``root/manifest.csv``.
 
     Every problem is reported with file, line and column: a missing folder, manifest or required
@@ -112,6 +165,10 @@ def load_manifest(root: str | Path, *, classes: Sequence[str] | None = None, req
 
     problems = [f"line {line}, column 'image': empty path"
                 for line, image in zip(frame["line"], frame["image"], strict=True) if not image]
+    problems += _path_problems(frame, allow_outside_paths)
+    if problems:
+        raise _report(path, problems, "A dataset folder holds its images: copy them in and give paths relative to "
+                      "it (or set allow_outside_paths: true on the data module), and list each image once.")
     if check_files:
         problems += [f"line {line}, column 'image': file '{image}' not found under {root}"
                      for line, image in zip(frame["line"], frame["image"], strict=True)
@@ -140,6 +197,7 @@ def load_manifest(root: str | Path, *, classes: Sequence[str] | None = None, req
                           "(empty labels are left out of supervised training).")
     else:
         classes = found
+    warn_similar_classes(path, frame)
     if require_labels and not found:
         raise DataError(f"{path}: no row has a label, so there is nothing to train or evaluate on. "
                         "Label some particles, or use prediction / self-supervised pretraining.")

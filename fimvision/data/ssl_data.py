@@ -66,6 +66,7 @@ class SSLDataModule(ParticleDataModule):
         noise_p: probability of Gaussian noise.
         noise_std: largest noise std (0-1 intensity scale).
         knn_bank_max: most labelled training particles in the kNN bank (a fixed random subset).
+        allow_outside_paths: accept manifest image paths outside the dataset folder (see ParticleDataModule).
     """
 
     require_labels = False
@@ -103,11 +104,13 @@ class SSLDataModule(ParticleDataModule):
         noise_p: float = 0.3,
         noise_std: float = 0.03,
         knn_bank_max: int = 10000,
+        allow_outside_paths: bool = False,
     ) -> None:
         super().__init__(root=root, modality=modality, luminance=luminance, mono_channels=mono_channels,
                          image_size=image_size, keep_scale=keep_scale, classes=classes, split=split, fold=fold,
                          n_folds=n_folds, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                         batch_size=batch_size, num_workers=num_workers, augment=augment)
+                         batch_size=batch_size, num_workers=num_workers, augment=augment,
+                         allow_outside_paths=allow_outside_paths)
         self.knn_bank_max = knn_bank_max
         mono = modality == "mono"
         self.views = MultiViewTransform(

@@ -8,6 +8,7 @@ centre-cropped to a fixed canvas without resizing, so absolute size stays visibl
 from __future__ import annotations
 
 import os
+import random
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -87,14 +88,35 @@ class Pipeline:
         self.channels = channels
         self.seed = int(torch.randint(2**31 - 1, ()).item())
         self.compose = A.Compose([*transforms, A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
-                                  ToTensorV2()], strict=True, seed=self.seed)
+                                  ToTensorV2()], strict=True)
+        self._seed(self.seed)
         self._pid = os.getpid()
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         if os.getpid() != self._pid:
             self._pid = os.getpid()
-            self.compose.set_random_seed((self.seed + torch.initial_seed()) % 2**32)
+            self._seed((self.seed + torch.initial_seed()) % 2**32)
         return self.compose(image=image)["image"]
+
+    def _seed(self, seed: int) -> None:
+        # One generator pair shared by every transform (albumentations' own seeding gives each transform a
+        # copy), so the pipeline's whole random state is two objects a checkpoint can carry.
+        self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def pipelines(self) -> list[Pipeline]:
+        """The pipelines with random state in this transform: itself."""
+        return [self]
+
+    @property
+    def rng_state(self) -> dict:
+        """The state of the pipeline's random generators (plain values; saved in checkpoints)."""
+        return {"numpy": self.compose.random_generator.bit_generator.state, "python": self.compose.py_random.getstate()}
+
+    @rng_state.setter
+    def rng_state(self, state: dict) -> None:
+        # In place: every transform of the pipeline shares these two generators.
+        self.compose.random_generator.bit_generator.state = state["numpy"]
+        self.compose.py_random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
 
     def __repr__(self) -> str:
         return f"Pipeline({self.compose})"
@@ -170,6 +192,10 @@ class MultiViewTransform:
         self.local_view = (ssl_view_transform(channels, local_size or max(8, size // 2), mono,
                                               **local_kwargs)
                            if n_local else None)
+
+    def pipelines(self) -> list[Pipeline]:
+        """The pipelines with random state in this transform."""
+        return [self.global_view] + ([self.local_view] if self.local_view is not None else [])
 
     def __call__(self, image: np.ndarray) -> list[torch.Tensor]:
         views = [self.global_view(image) for _ in range(self.n_global)]

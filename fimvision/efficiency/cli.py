@@ -8,6 +8,7 @@ JSON (and CSV/PNG where useful) to ``--out`` and prints a table.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from fimvision.console import EXIT_OK, EXIT_USER_ERROR, one_line, quiet_third_party, run_main
 from fimvision.errors import FimvisionError
 
 log = logging.getLogger("fimvision.efficiency")
@@ -471,38 +473,42 @@ def split_model_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     return own, overrides
 
 
-def main(args: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("fimvision").setLevel(logging.INFO)
-    args = list(sys.argv[1:] if args is None else args)
+def run(args: list[str]) -> int:
+    """Parse ``args``, run the subcommand, write its JSON; returns the exit status."""
     own, overrides = split_model_overrides(args)
     parser = build_parser()
     try:
         cfg = parser.parse_args(own)
-    except Exception as err:  # jsonargparse's ArgumentError: a usage error, not a crash
-        print(f"error: {err}\n\n{parser.format_usage()}", file=sys.stderr)
-        sys.exit(2)
+    except argparse.ArgumentError as err:  # a usage error, not a crash: one line, like every fimvision tool
+        print(f"error: {one_line(err)}. `fimvision-efficiency --help` lists the subcommands and options.",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
     name = cfg.subcommand
     sub = cfg[name]
-    try:
-        from fimvision.efficiency.models import load_target
+    from fimvision.efficiency.models import load_target
 
-        device = resolve_device(sub.device)
-        settings = SETTINGS[name](**{f.name: sub[f.name] for f in fields(SETTINGS[name])})
-        out = Path(sub.out)
-        out.mkdir(parents=True, exist_ok=True)
-        target = load_target(sub.config, overrides, num_classes=sub.num_classes,
-                             use_data=name in ("chai", "drift") and not sub.synthetic)
-        target.module.to(device)
-        result = RUNNERS[name](target, settings, device, out)
-        result.update({"subcommand": name, "config": sub.config, "overrides": overrides, "settings": asdict(settings),
-                       "torch": torch.__version__, "threads": torch.get_num_threads()})
-        path = write_json(result, out / f"{name}.json")
-        print(f"\nwrote {path}")
-    except FimvisionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    device = resolve_device(sub.device)
+    settings = SETTINGS[name](**{f.name: sub[f.name] for f in fields(SETTINGS[name])})
+    out = Path(sub.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = load_target(sub.config, overrides, num_classes=sub.num_classes,
+                         use_data=name in ("chai", "drift") and not sub.synthetic)
+    target.module.to(device)
+    result = RUNNERS[name](target, settings, device, out)
+    result.update({"subcommand": name, "config": sub.config, "overrides": overrides, "settings": asdict(settings),
+                   "torch": torch.__version__, "threads": torch.get_num_threads()})
+    path = write_json(result, out / f"{name}.json")
+    print(f"\nwrote {path}")
+    return EXIT_OK
+
+
+def main(args: list[str] | None = None) -> int:
+    """The `fimvision-efficiency` console script; returns its exit status (0, 2 bad input, 130, 1)."""
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("fimvision").setLevel(logging.INFO)
+    quiet_third_party()
+    return run_main(run, list(sys.argv[1:] if args is None else args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

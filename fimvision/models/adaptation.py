@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from fimvision.checkpoints import RunCheckpoint
 from fimvision.errors import CheckpointError
 from fimvision.models.backbones import class_names_for, create_backbone
 from fimvision.models.optim import OptimizerName, build_optimizer, warmup_cosine_scheduler
@@ -450,8 +451,8 @@ class _SourceFree(_Adapted):
     def configure_callbacks(self):
         # Replaces the trainer's ModelCheckpoint (which monitors the few-shot val_loss these methods lack).
         select = self.hparams.select_by
-        return [pl.callbacks.ModelCheckpoint(monitor=None if select == "last" else f"val_{select}", mode="max",
-                                             save_last=True, filename="{epoch}-{step}")]
+        return [RunCheckpoint(monitor=None if select == "last" else f"val_{select}", mode="max", save_last=True,
+                              filename="{epoch}-{step}")]
 
     def configure_optimizers(self):
         h = self.hparams

@@ -8,6 +8,7 @@ hub weights (opt-in, for users with network access). The input convolution follo
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from fimvision.errors import CheckpointError
+from fimvision.errors import CheckpointError, ConfigError
 
 
 def class_names_for(num_classes: int, class_names: list[str] | None) -> list[str]:
@@ -23,6 +24,16 @@ def class_names_for(num_classes: int, class_names: list[str] | None) -> list[str
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
     return list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a name timm does not know, naming its close matches. Tagged names (``resnet18.a1_in1k``) are
+    accepted: the tag selects the pretrained weights."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=6, cutoff=0.6)
+    raise ConfigError(f"unknown timm model '{name}'." + (f" Close matches: {', '.join(close)}." if close else "")
+                      + " `python -c \"import timm; print(timm.list_models('*resnet*'))\"` lists names by pattern.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -48,9 +59,7 @@ def create_backbone(name: str, *, in_chans: int = 3, num_classes: int = 0, pretr
     ``img_size`` is passed to models that take it (ViTs), so position embeddings fit small crops; use
     ``patch_size`` in ``kwargs`` for a patch size that suits them (e.g. 8 at 64 px).
     """
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ValueError(f"unknown timm model '{name}'. Similar names: {close}; `timm.list_models()` lists all.")
+    check_model_name(name)
     if img_size is not None:
         kwargs["img_size"] = img_size
     if weights is not None:

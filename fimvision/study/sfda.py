@@ -21,11 +21,11 @@ The grid YAML::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from fimvision.console import make_parser, quiet_third_party, run_main
 from fimvision.errors import FimvisionError
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,8 @@ def write_report(results: pd.DataFrame, out: Path) -> str:
     return table
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fimvision-sfda", description=__doc__.split("\n\n")[0])
+def run(argv: list[str] | None = None) -> int:
+    parser = make_parser("fimvision-sfda", __doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="grid YAML (e.g. configs/sfda/grid/mnist_usps.yaml)")
     parser.add_argument("--out", required=True, help="folder for results.csv, summary.md and the runs")
     parser.add_argument("--methods", nargs="+", help="run only these methods (names in the config)")
@@ -319,26 +320,29 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("fimvision").setLevel(logging.INFO)
     os.environ.setdefault("WANDB_MODE", "disabled")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    try:
-        config = load_grid(args.config)
-        if args.methods:
-            missing = sorted(set(args.methods) - {m.name for m in config.methods})
-            if missing:
-                raise FimvisionError(f"--methods {missing} are not in {args.config} "
-                                     f"({[m.name for m in config.methods]}).")
-            config.methods = [m for m in config.methods if m.name in args.methods]
-        config.shots = args.shots or config.shots
-        config.seeds = args.seeds or config.seeds
-        if args.root:
-            config.data["root"] = args.root
-        out = Path(args.out)
-        results = GridRunner(config, out, fast_dev_run=args.fast_dev_run).run_all(plan_runs(config))
-        print(write_report(results, out))
-        print(f"\nresults: {out / 'results.csv'}\nsummary: {out / 'summary.md'}")
-    except FimvisionError as err:
-        print(f"error: {err}")
-        raise SystemExit(2) from err
+    config = load_grid(args.config)
+    if args.methods:
+        missing = sorted(set(args.methods) - {m.name for m in config.methods})
+        if missing:
+            raise FimvisionError(f"--methods {missing} are not in {args.config} "
+                                 f"({[m.name for m in config.methods]}).")
+        config.methods = [m for m in config.methods if m.name in args.methods]
+    config.shots = args.shots or config.shots
+    config.seeds = args.seeds or config.seeds
+    if args.root:
+        config.data["root"] = args.root
+    out = Path(args.out)
+    results = GridRunner(config, out, fast_dev_run=args.fast_dev_run).run_all(plan_runs(config))
+    print(write_report(results, out))
+    print(f"\nresults: {out / 'results.csv'}\nsummary: {out / 'summary.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `fimvision-sfda` console script; returns its exit status (0, 2 bad input, 130, 1)."""
+    quiet_third_party()
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

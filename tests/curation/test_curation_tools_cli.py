@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fimvision.curation.cli import run_tool
+from fimvision.console import run_tool
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"
 
 SCRIPTS = ("curate_flowcam", "split_collages", "curate_mfi", "filter_dataset", "split_dataset", "merge_datasets",
-           "preview")
+           "preview", "make_synthetic", "fetch_data")
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

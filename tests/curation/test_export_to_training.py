@@ -32,10 +32,10 @@ def test_flowcam_export_curate_and_fit(tmp_path, tool, capsys):
     manifest = pd.read_csv(tmp_path / "dataset" / "manifest.csv", keep_default_na=False)
     assert sorted(manifest["group"].unique()) == ["ab1", "ab2", "ab3"] and manifest["sample"].nunique() == 12
 
-    from fimvision.cli import main
+    from fimvision.cli import build_cli
 
     out = tmp_path / "runs"
-    cli = main(["fit", "--config", str(REPO / "configs" / "supervised" / "resnet18_color.yaml"),
+    cli = build_cli(["fit", "--config", str(REPO / "configs" / "supervised" / "resnet18_color.yaml"),
                 f"--data.init_args.root={tmp_path / 'dataset'}", "--trainer.fast_dev_run=true",
                 f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
                 "--data.init_args.image_size=32", "--data.init_args.batch_size=8", "--data.init_args.num_workers=0",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from fimtest import rewrite_manifest
@@ -63,3 +65,32 @@ def test_missing_folder_and_manifest(tmp_path):
         load_manifest(tmp_path / "nowhere")
     with pytest.raises(DataError, match="has no manifest.csv"):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "/tmp/abs.png", "images/../../x.png", "C:\\data\\x.png"])
+def test_paths_outside_the_folder_are_refused(dataset_copy, bad):
+    rewrite_manifest(dataset_copy, lambda f: f.assign(image=f["image"].where(f.index != 2, bad)))
+    with pytest.raises(DataError, match=rf"line 4, column 'image': '{re.escape(bad)}' points outside the dataset"):
+        load_manifest(dataset_copy)
+
+
+def test_paths_outside_the_folder_allowed_on_request(dataset_copy, tmp_path):
+    frame = rewrite_manifest(dataset_copy, lambda f: f)
+    moved = tmp_path / "elsewhere.png"
+    (dataset_copy / frame["image"][0]).rename(moved)
+    rewrite_manifest(dataset_copy, lambda f: f.assign(image=f["image"].where(f.index != 0, str(moved))))
+    assert load_manifest(dataset_copy, allow_outside_paths=True).image_paths()[0] == moved
+
+
+def test_duplicate_image_rows_name_both_lines(dataset_copy):
+    rewrite_manifest(dataset_copy, lambda f: f.assign(image=f["image"].where(f.index != 6, f["image"][1])))
+    with pytest.raises(DataError, match=r"lines 3 and 8, column 'image': the same image .* is listed twice"):
+        load_manifest(dataset_copy)
+
+
+def test_a_tiny_class_next_to_a_similar_name_is_flagged(dataset_copy, caplog):
+    rewrite_manifest(dataset_copy, lambda f: f.assign(label=f["label"].where(f.index != 0, "heaat")))
+    with caplog.at_level("WARNING"):
+        manifest = load_manifest(dataset_copy)
+    assert manifest.classes == ["heaat", "heat", "mechanical"]  # a warning, not an error: it may be real
+    assert "line(s) [2], column 'label': 'heaat' has 1 particle; did you mean 'heat' (47 particles)?" in caplog.text

@@ -1,0 +1,111 @@
+"""Checkpoints: the one reader (with its errors) and the checkpoint callback every fimvision run uses.
+
+:func:`read_checkpoint` refuses a missing, empty, truncated or foreign file with a
+:class:`~fimvision.errors.CheckpointError` naming it, before any work starts. :class:`RunCheckpoint`
+is Lightning's ``ModelCheckpoint`` with two guarantees fimvision's resume and test commands rely on:
+``last.ckpt`` is the state after the last completed epoch (Lightning 2.6 refreshes it only when a
+top-k checkpoint is saved), and a non-finite monitored value is never kept as "best".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from fimvision.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
+
+
+def read_checkpoint(path: str | Path, *, what: str = "checkpoint", lightning: bool = True) -> dict[str, Any]:
+    """The contents of a checkpoint file, on the CPU.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, empty, truncated or not a
+    PyTorch file, or (``lightning=True``) when it is not a Lightning checkpoint. ``what`` names the
+    file's role in messages (``source_checkpoint``, ``weights file``, ...).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        hint = " It is a folder: give the .ckpt file inside it." if path.is_dir() else ""
+        raise CheckpointError(f"{what} {path} does not exist.{hint}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes): the run that wrote it was probably killed "
+                              "while saving. Use another checkpoint, e.g. the previous last.ckpt or a best-*.ckpt.")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        truncated = isinstance(err, EOFError) or "central directory" in str(err) or "zip archive" in str(err)
+        kind = "is truncated or corrupt" if truncated else "cannot be read as a PyTorch checkpoint"
+        raise CheckpointError(f"{what} {path} {kind} ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
+                              "Use another checkpoint.") from err
+    except Exception as err:  # unpickling foreign objects fails in many ways; all mean the same to the user
+        raise CheckpointError(f"{what} {path} cannot be read as a PyTorch checkpoint ({type(err).__name__}: "
+                              f"{str(err)[:160]}). Use another checkpoint.") from err
+    if lightning and not (isinstance(blob, dict) and all(k in blob for k in LIGHTNING_KEYS)):
+        keys = sorted(blob)[:6] if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(f"{what} {path} is not a Lightning checkpoint (it holds {keys}). Give a .ckpt that "
+                              "`fimvision fit` wrote (under a run's checkpoints/ folder); for plain weight files use "
+                              "the model's `weights:` argument.")
+    return blob
+
+
+def state_dict_of(blob: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights in a plain, timm or Lightning checkpoint's contents."""
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+            break
+    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise CheckpointError(f"{path} holds no state dict (a mapping of parameter names to tensors).")
+    return blob
+
+
+def run_folder_of(checkpoint: str | Path) -> Path | None:
+    """The run folder a checkpoint was written into (``<run>/checkpoints/x.ckpt``), if it is one.
+
+    A run folder holds the run's saved ``config.yaml`` or ``metrics.csv``; a checkpoint copied elsewhere
+    has none.
+    """
+    path = Path(checkpoint).expanduser().resolve()
+    run = path.parent.parent
+    if path.parent.name == "checkpoints" and ((run / "config.yaml").is_file() or (run / "metrics.csv").is_file()):
+        return run
+    return None
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return value is None or math.isfinite(float(value))
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is the state after the last completed epoch, and whose
+    best checkpoints never carry a non-finite monitored value.
+
+    Arguments are those of ``pytorch_lightning.callbacks.ModelCheckpoint`` (``monitor``, ``mode``,
+    ``save_last``, ``filename``, ``save_top_k``, ...).
+    """
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        current = monitor_candidates.get(self.monitor) if self.monitor else None
+        if current is not None and not _finite(current):
+            log.warning("%s is %s at epoch %d, step %d: not a candidate for the best checkpoint", self.monitor,
+                        float(current), trainer.current_epoch, trainer.global_step)
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        # Runs after the epoch's validation: the state saved here is the whole epoch's, validation included.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -1,0 +1,125 @@
+"""Runs that scripts, CI and sweep agents can leave alone, through the installed `fimvision` as subprocesses:
+one folder a run, a saved config that reproduces it, a divergence guard, Ctrl-C, exact resume in place,
+and predictions that never overwrite earlier ones."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import torch
+import yaml
+from fimtest import CONFIGS, ENV, exe, fit_cmd, run, run_all, user_error
+
+SUPERVISED = CONFIGS / "supervised" / "resnet18_color.yaml"
+
+
+def test_fit_exits_0_into_its_own_folder_and_its_config_reproduces_it(fitted, work):
+    files = {p.relative_to(fitted).as_posix() for p in fitted.rglob("*")}
+    assert {"config.yaml", "metrics.csv", "hparams.yaml", "checkpoints/last.ckpt"} <= files
+    assert any(f.startswith("checkpoints/best-epoch=") for f in files)
+    assert torch.load(fitted / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    # The saved config is the whole run: fitting it again gives the same validation scores.
+    again = run([exe("fimvision"), "fit", "--config", fitted / "config.yaml"], work)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rerun = fitted.parent / "version_1"
+    first, second = (pd.read_csv(r / "metrics.csv").dropna(subset=["val_loss"]) for r in (fitted, rerun))
+    assert first[["epoch", "val_loss", "val_acc"]].to_numpy().tolist() == \
+        second[["epoch", "val_loss", "val_acc"]].to_numpy().tolist()
+
+
+def test_non_finite_loss_stops_with_exit_2_and_no_nan_checkpoint(work):
+    result = run(fit_cmd("--model.init_args.lr=1e6", "--model.init_args.warmup_epochs=0", "--trainer.max_epochs=3",
+                         save_dir="diverged"), work)
+    user_error(result, "training diverged at epoch 0, global step ")
+    for part in ("the training loss is nan", "last finite loss", "learning rate ", "--trainer.gradient_clip_val"):
+        assert part in result.stderr, part
+    assert re.search(r"learning rate [0-9.]+e\+0[56]", result.stderr)  # the schedule's value at that step
+    assert not [p for p in (work / "diverged").rglob("*.ckpt") if "nan" in p.name]
+
+
+def test_two_runs_started_together_get_separate_complete_folders(work):
+    procs = [subprocess.Popen([str(c) for c in fit_cmd("--trainer.max_epochs=1", save_dir="together")], cwd=work,
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read()[-1500:] for p in procs]
+    runs = sorted((work / "together" / "lightning_logs").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1"]
+    for r in runs:
+        assert (r / "checkpoints" / "last.ckpt").is_file() and len(pd.read_csv(r / "metrics.csv")) > 0
+        config = yaml.safe_load((r / "config.yaml").read_text())
+        assert config["trainer"]["max_epochs"] == 1 and config["data"]["init_args"]["root"] == "data"
+        assert sorted(p.name for p in r.glob("config*.yaml")) == ["config.yaml"]
+
+
+def test_ctrl_c_exits_130_and_leaves_a_usable_last_checkpoint(work):
+    proc = subprocess.Popen([str(c) for c in fit_cmd("--trainer.max_epochs=200", save_dir="interrupted")], cwd=work,
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = work / "interrupted" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    err = proc.stderr.read()
+    assert f"--ckpt_path={last.relative_to(work)}" in err
+    from fimvision.checkpoints import read_checkpoint
+
+    assert read_checkpoint(last)["epoch"] >= 0
+
+
+def test_killed_run_resumed_in_place_ends_like_an_uninterrupted_one(work):
+    args = ["--trainer.max_epochs=4", "--data.init_args.batch_size=4", "--data.init_args.augment=true"]
+    assert run(fit_cmd(*args, save_dir="whole"), work).returncode == 0
+    proc = subprocess.Popen([str(c) for c in fit_cmd(*args, save_dir="killed")], cwd=work, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = work / "killed" / "lightning_logs" / "version_0"
+    last, saves = run_dir / "checkpoints" / "last.ckpt", set()
+    while proc.poll() is None and len(saves) < 2:  # killed as soon as the second epoch's state is saved
+        if last.exists():
+            saves.add(last.stat().st_mtime_ns)
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed: make its epochs longer"
+    assert torch.load(last, weights_only=False)["epoch"] < 3
+    resumed = run(fit_cmd(*args, f"--ckpt_path={last}", save_dir="killed"), work)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [p.name for p in run_dir.parent.iterdir()] == ["version_0"]  # continued in place
+    assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.yaml", "config_resume.yaml"]
+    whole, killed = (pd.read_csv(work / r / "lightning_logs" / "version_0" / "metrics.csv") for r in ("whole", "killed"))
+    assert not killed.dropna(subset=["train_loss"])["step"].duplicated().any()  # the killed epoch's rows were dropped
+    columns = ["epoch", "step", "val_loss", "val_acc", "val_f1_macro"]
+    assert whole.dropna(subset=["val_loss"])[columns].to_numpy().tolist() == \
+        killed.dropna(subset=["val_loss"])[columns].to_numpy().tolist()
+
+
+def test_predict_writes_into_the_run_and_never_over_earlier_results(fitted, work):
+    ckpt = fitted / "checkpoints" / "last.ckpt"
+    cmd = [exe("fimvision"), "predict", "--config", SUPERVISED, "--data.init_args.root=data",
+           "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false",
+           f"--ckpt_path={ckpt}"]
+    first = run(cmd, work)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len(pd.read_csv(fitted / "predictions.csv")) == 64 and (fitted / "samples.csv").is_file()
+    before = (fitted / "predictions.csv").read_bytes()
+    refused, replaced = run_all([cmd, [*cmd, "--prediction_writer.overwrite=true"]], work, at_once=1)
+    user_error(refused, "predictions.csv")
+    assert "--prediction_writer.overwrite=true" in refused.stderr and "cached" not in refused.stderr
+    assert replaced.returncode == 0 and (fitted / "predictions.csv").read_bytes() == before  # same model, same rows
+    assert sorted(p.name for p in fitted.glob("config_predict*.yaml")) == ["config_predict.yaml",
+                                                                           "config_predict_2.yaml"]
+
+
+
+def test_predict_on_two_processes_gathers_every_particle_once(fitted, work, tmp_path):
+    result = run([exe("fimvision"), "predict", "--config", SUPERVISED, "--data.init_args.root=data",
+                  "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
+                  "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.strategy=ddp",
+                  "--trainer.devices=2", f"--ckpt_path={fitted / 'checkpoints' / 'last.ckpt'}",
+                  f"--prediction_writer.output_dir={tmp_path}"], work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    particles = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(particles) == 64 and particles["particle_id"].is_unique
+    assert pd.read_csv(tmp_path / "samples.csv")["n_particles"].sum() == 64
