@@ -88,7 +88,7 @@ def main() -> None:
         rate, cli = fit_once(args.config, root, args.steps, args.warmup, args.out)
         fit_rates.append(rate)
         h = cli.model.hparams
-        model = copy.deepcopy(cli.model.configure_backbone())  # same architecture, fresh weights
+        model = copy.deepcopy(cli.model.build_backbone(num_classes=cli.model.hparams.num_classes))  # same architecture, fresh weights
         plain_rates.append(plain_loop(model, cli.datamodule.train_dataloader(), args.steps, args.warmup,
                                       h.lr, h.weight_decay, h.label_smoothing))
         print(f"fit {fit_rates[-1]:.1f} img/s, plain {plain_rates[-1]:.1f} img/s, "

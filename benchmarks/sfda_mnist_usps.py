@@ -9,7 +9,6 @@ prints the mean ± std table with CPU minutes per run (process CPU time, all thr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -33,17 +32,15 @@ def main() -> None:
     out = Path(args.out)
     config = load_grid(args.config)
     config.seeds = args.seeds
-    methods = {m.name: m for m in config.methods}
+    methods = dict(config.methods)
     runs = []
     # FT at 1 and 3 shots, LP-FT at 3 shots, the shot-free methods once per seed.
     for names, shots in ((["source_only", "ft", "shot", "nrc", "aad"], [1, 3]), (["lp_ft"], [3])):
-        config.methods, config.shots = [methods[n] for n in names], shots
+        config.methods, config.shots = {n: methods[n] for n in names}, shots
         runs += plan_runs(config)
-    config.methods = list(methods.values())
+    config.methods = methods
     results = GridRunner(config, out).run_all(runs)
     print(write_report(results, out))
-    sources = [json.loads(p.read_text())["cpu_min"] for p in sorted((out / "sources").rglob("source.json"))]
-    print(f"\nsource training: {len(sources)} models, CPU min each: {[round(s, 2) for s in sources]}")
     print(f"torch threads: {torch.get_num_threads()}; results: {out / 'results.csv'}")
 
 

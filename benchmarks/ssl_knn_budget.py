@@ -1,6 +1,6 @@
 """kNN accuracy each self-supervised method reaches on synthetic FIM data after a fixed budget.
 
-For each method config (configs/ssl/<method>_<backbone>.yaml) this runs the real CLI: ``validate``
+For each method (configs/ssl/models/<method>_<backbone>.yaml on configs/ssl/pretrain.yaml) this runs the real CLI: ``validate``
 at random initialisation, then ``fit`` for ``--epochs`` epochs, and reads ``val_knn_acc`` (weighted
 kNN, k=20, T=0.07, bank = labelled training particles, query = validation particles, split grouped
 by vial). Budget and data are printed with the table; results go to ``--out`` as CSV and a PNG.
@@ -22,7 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from fimvision.cli import main as cli  # noqa: E402
+from fimvision.cli import build_cli as cli  # noqa: E402
 from fimvision.data.synthetic import SyntheticConfig, write_dataset  # noqa: E402
 from fimvision.plots import plt, save_figure  # noqa: E402
 
@@ -52,15 +52,16 @@ def main(argv: list[str] | None = None) -> None:
                       progress=False)
     rows = []
     for method in args.methods:
-        config = CONFIGS / f"{method}_{args.backbone}.yaml"
+        model = CONFIGS / "models" / f"{method}_{args.backbone}.yaml"
         out = args.out / f"{method}_{args.backbone}"
-        common = ["--config", str(config), f"--data.init_args.root={data}",
+        common = ["--config", str(CONFIGS / "pretrain.yaml"), "--model", str(model), f"--data.init_args.root={data}",
                   f"--data.init_args.image_size={args.image_size}", f"--data.init_args.batch_size={args.batch_size}",
                   "--data.init_args.num_workers=0", f"--trainer.default_root_dir={out}",
                   f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
                   f"--seed_everything={args.seed}"]
         if method == "dino":  # multi-crop local views at half the global size
-            common.append(f"--data.init_args.local_size={args.image_size // 2}")
+            common += ["--data", str(CONFIGS / "data" / "synthetic_color_multicrop.yaml"),
+                       f"--data.init_args.local_size={args.image_size // 2}"]
         if method == "moco":
             common.append(f"--model.init_args.queue_size={args.moco_queue}")
         initial = cli(["validate", *common]).trainer.callback_metrics["val_knn_acc"].item()

@@ -21,8 +21,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 from fimvision.efficiency.benchmark import count_flops, matmul_rate, run_config  # noqa: E402
-from fimvision.efficiency.cli import format_table  # noqa: E402
-from fimvision.efficiency.models import load_target  # noqa: E402
+from fimvision.efficiency.summary import format_table  # noqa: E402
+from fimvision.efficiency.target import load_target  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/supervised/vit_color.yaml"
 
@@ -40,7 +40,7 @@ def main() -> None:
                                   "--data.init_args.image_size=224", "--data.init_args.root=/nonexistent"], use_data=False)
     t0 = time.perf_counter()
     rates = {"bf16": matmul_rate(torch.bfloat16, a.device), "fp32": matmul_rate(torch.float32, a.device)}
-    flops = count_flops(target, "train", a.batch_size)
+    flops = count_flops(target, "train", a.batch_size, a.device)
     rows = []
     for backend, precision in (("math", "32-true"), ("flash", "bf16-mixed")):
         row = run_config(target, mode="train", backend=backend, precision=precision, compile=False,

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def random_state() -> dict[str, Any]:
     """The global random streams a training step may draw from (dropout, stochastic depth, ...): torch (CPU
     and CUDA), numpy and Python. Plain values and tensors only, so checkpoints load with weights_only.
-    (Shuffling and augmentation draw from the data module's own generators; see data/resumable.py.)"""
+    (Shuffling and augmentation draw from the data module's own generators; see data/base.py.)"""
     np_state = np.random.get_state(legacy=False)
     return {
         "torch": torch.get_rng_state(),
@@ -48,7 +48,7 @@ class RunGuard(pl.Callback):
       epoch, the step, the last finite loss and the learning rate (the CLI exits with status 2).
     - Ctrl-C is recorded (the CLI exits with status 130) and the resume command is printed.
     - Checkpoints carry the global random streams (torch, numpy, Python), restored when a resumed run
-      starts training; with the data module's own generators (data/resumable.py) a resumed run draws the
+      starts training; with the data module's own generators (data/base.py) a resumed run draws the
       same batches, augmentations and dropout masks as an uninterrupted one.
 
     Args:

@@ -58,17 +58,6 @@ def read_checkpoint(path: str | Path, *, what: str = "checkpoint", lightning: bo
     return blob
 
 
-def state_dict_of(blob: Any, path: str | Path) -> dict[str, torch.Tensor]:
-    """The weights in a plain, timm or Lightning checkpoint's contents."""
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
-            blob = blob[key]
-            break
-    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise CheckpointError(f"{path} holds no state dict (a mapping of parameter names to tensors).")
-    return blob
-
-
 def run_folder_of(checkpoint: str | Path) -> Path | None:
     """The run folder a checkpoint was written into (``<run>/checkpoints/x.ckpt``), if it is one.
 
@@ -103,6 +92,10 @@ class RunCheckpoint(ModelCheckpoint):
                         float(current), trainer.current_epoch, trainer.global_step)
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run:  # Lightning 2.6 would save last.ckpt even under fast_dev_run
+            super().on_train_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

@@ -56,6 +56,11 @@ STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint":
 # so "1" would become 1.0 (all batches).
 INT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
                    "overfit_batches", "val_check_interval")
+# Options that moved: where a config or command line that uses the old place should look now.
+MOVED_OPTIONS = {
+    "fewshot_batch_size": "--data.init_args.fewshot_batch_size (a loader setting of DomainDataModule)",
+    "val_every": "--data.init_args.fewshot_batches (few-shot batches between validations, on DomainDataModule)",
+}
 # Loggers whose folder is save_dir/name/version and that fimvision can point at an existing run folder.
 FOLDER_LOGGERS = ("RunCSVLogger", "CSVLogger", "TensorBoardLogger")
 
@@ -151,6 +156,8 @@ def describe_parse_error(err: BaseException, parser: argparse.ArgumentParser | N
         option = unknown.group(1)
         where = f"--{key}.{option}" if key else f"--{option}"
         cls = class_path.group(1).rsplit(".", 1)[-1] if class_path else "this section"
+        if option in MOVED_OPTIONS:
+            return f"{where}: {cls} has no argument '{option}' any more; it moved to {MOVED_OPTIONS[option]}."
         hint = _close(option, _class_options(class_path.group(1))) if class_path else ""
         return f"{where}: {cls} has no argument '{option}'.{hint}"
     unrecognized = re.search(r"[Uu]nrecognized arguments: (.+)", text)
@@ -247,8 +254,19 @@ class FimvisionCLI(LightningCLI):
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
         logging.getLogger("fimvision").info("continuing in run folder %s", run)
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        # The model's own needs (e.g. FewShotFinetune's number of steps) reach the trainer here, visibly.
+        needs = self.model.trainer_settings() if hasattr(self.model, "trainer_settings") else {}
+        if needs:
+            logging.getLogger("fimvision").info("%s sets the trainer's %s", type(self.model).__name__,
+                                                ", ".join(f"{k}={v}" for k, v in needs.items()))
+        return super().instantiate_trainer(**{**needs, **kwargs})
+
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        # The data-model contract: the data module serves what the model trains on (models/base.py).
+        if hasattr(self.datamodule, "serve") and hasattr(self.model, "train_on"):
+            self.datamodule.serve(self.model.train_on)
         self._check_checkpoint_fits()
         if self._resume_point is not None:
             for logger in self.trainer.loggers:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -96,3 +97,29 @@ def fit_cmd(*extra: str, save_dir: str = "runs") -> list:
             "--model.init_args.backbone=test_resnet", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={save_dir}",
             "--trainer.log_every_n_steps=1", *extra]
+
+
+def fit_on_one_batch(args: list, out: Path, steps: int = 8):
+    """`fimvision fit ARGS` on one fixed batch (Lightning's overfit_batches) for ``steps`` steps, logging every
+    step. Returns the CLI and the run's metrics.csv as a frame."""
+    cli = run_cli(["fit", *args, "--trainer.overfit_batches=1", f"--trainer.max_epochs={steps}",
+                   "--trainer.log_every_n_steps=1", f"--trainer.logger.init_args.save_dir={out}",
+                   "--trainer.limit_val_batches=1"])
+    return cli, pd.read_csv(Path(cli.trainer.log_dir) / "metrics.csv")
+
+
+def losses_of(metrics: pd.DataFrame) -> list[float]:
+    return metrics.dropna(subset=["train_loss"]).sort_values("step")["train_loss"].tolist()
+
+
+def assert_learns(metrics: pd.DataFrame, what: str = "") -> None:
+    """The training loss on a fixed batch falls: the mean of the last three steps is below the first step."""
+    losses = losses_of(metrics)
+    assert len(losses) >= 6 and sum(losses[-3:]) / 3 < losses[0], (what, losses)
+
+
+def assert_logged(metrics: pd.DataFrame, *names: str) -> None:
+    """Each documented metric was logged with a finite value."""
+    for name in names:
+        assert name in metrics.columns and metrics[name].dropna().map(math.isfinite).all() \
+            and metrics[name].notna().any(), (name, sorted(metrics.columns))

@@ -78,7 +78,8 @@ def test_help_of_every_console_script(work):
 
 def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("data: {}\npairs: [[A, B]]\nmethods: {x: {class_path: Nope}}\n")
+    grid.write_text(f"config: {CONFIGS / 'sfda' / 'mnist_usps.yaml'}\npairs: [[A, B]]\nsource: {{}}\n"
+                    "methods: {x: {model: nope.yaml}}\n")
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "MNIST_vs_USPS.mat").write_bytes(b"not the published file")
     (tmp_path / "fake" / "COIL1_vs_COIL2.mat").write_bytes(b"")
@@ -91,7 +92,7 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
         (efficiency, 0, None),
         ([exe("fimvision-efficiency"), "benchmark", "--config=missing.yaml"], 2, "config file missing.yaml does not exist"),
         ([exe("fimvision-efficiency"), "bench"], 2, "error:"),
-        ([exe("fimvision-sfda"), "--config", grid, "--out", tmp_path / "sfda"], 2, "unknown class_path 'Nope'"),
+        ([exe("fimvision-sfda"), "--config", grid, "--out", tmp_path / "sfda"], 2, "key 'x.model'"),
         ([*tool["make_synthetic"], "--out", "data", "--antibodies", "1"], 2, "not empty"),
         ([*tool["fetch_data"], "domain-adaptation", "--out", tmp_path / "da", "--from", tmp_path / "fake"], 2,
          "checksum does not match"),

@@ -42,9 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
     args = parser.parse_args(argv)
 
-    from fimvision.curation.errors import CurationError
     from fimvision.curation.output import load_dataset
     from fimvision.curation.qc import FilterSettings, class_balance, filter_dataset, format_balance
+    from fimvision.errors import CurationError
 
     if args.report:
         frame = load_dataset(args.dataset)

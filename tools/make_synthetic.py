@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-from collections import Counter
 from pathlib import Path
 
 from fimvision.console import make_parser, run_tool
+from fimvision.data.manifest import class_counts
 from fimvision.data.synthetic import EXTRA_CLASSES, SyntheticConfig, write_dataset
 from fimvision.errors import ConfigError
 
@@ -79,12 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
-def class_counts(root: Path) -> Counter[str]:
-    """Particles per label in a dataset folder's manifest."""
-    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
-        return Counter(row["label"] for row in csv.DictReader(fh))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -108,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, FileExistsError) as error:  # the generator's own checks: bad input, not a crash
         raise ConfigError(str(error)) from error
-    counts = class_counts(root)
+    with open(root / "manifest.csv", newline="", encoding="utf-8") as fh:
+        counts = class_counts(row["label"] for row in csv.DictReader(fh))
     print(f"Wrote SYNTHETIC data (generated images, not measurements) to {root}")
     for label, n in counts.items():
         print(f"  {label}: {n}")

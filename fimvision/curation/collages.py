@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.imageio import read_image, write_png
-from fimvision.curation.output import OutputFolder, Summary, class_counts, write_manifest
+from fimvision.curation.output import Summary
+from fimvision.errors import CurationError
+from fimvision.files import OutputFolder
+from fimvision.imageio import LUMINANCE_WEIGHTS, read_image, write_png
 
 GREY_SHARE = 0.99  # share of tile pixels with R == G == B above which a collage is treated as monochrome
 
@@ -238,7 +239,7 @@ def _to_grey(crop: np.ndarray) -> np.ndarray:
     if crop.ndim == 2:
         return crop
     # BT.601 luminance: exact on grey pixels, a fair value on the few coloured ones (drawn marks).
-    y = crop.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    y = crop.astype(np.float32) @ np.asarray(LUMINANCE_WEIGHTS["bt601"], np.float32)
     top = 65535 if crop.dtype == np.uint16 else 255
     return np.clip(np.rint(y), 0, top).astype(crop.dtype)
 
@@ -310,9 +311,5 @@ def split_collages(collages: Sequence[str | Path], out: str | Path, *, min_size:
             summary.details[path.name] = text
         if not rows:
             raise CurationError("no tile found in any collage", hint="check --min-size and --black-level")
-        manifest = pd.DataFrame(rows)
-        write_manifest(manifest, tmp)
-        summary.written = len(manifest)
-        summary.classes = class_counts(manifest["label"])
-        summary.write(tmp)
+        summary.finish(pd.DataFrame(rows), tmp)
     return summary

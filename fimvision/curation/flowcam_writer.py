@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.flowcam import LST_NAMES, normalise_header
-from fimvision.curation.imageio import write_tiff
-from fimvision.curation.output import OutputFolder
+from fimvision.curation.flowcam.formats import LST_NAMES, normalise_header
+from fimvision.errors import CurationError
+from fimvision.files import OutputFolder
+from fimvision.imageio import write_tiff
 
 LST_FIELDS: tuple[tuple[str, str], ...] = tuple((name, "int32") for name in (
     "id", "image_x", "image_y", "image_w", "image_h", "src_x", "src_y", "src_image", "cal_image", "ppc", "camera",

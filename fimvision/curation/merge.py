@@ -7,21 +7,14 @@ antibody of each run). Columns are the union of the sources' columns; missing te
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.output import (
-    OutputFolder,
-    Summary,
-    class_counts,
-    copy_images,
-    load_dataset,
-    write_manifest,
-)
+from fimvision.curation.output import Summary, copy_images, load_dataset, safe_name
+from fimvision.errors import CurationError
+from fimvision.files import OutputFolder
 
 TEXT = ("image", "label", "group", "sample", "split", "instrument", "particle_id", "image_id", "run", "mask", "source")
 
@@ -39,7 +32,7 @@ def merge_datasets(datasets: Sequence[str | Path], out: str | Path, *, groups: S
                             hint="give one --groups name a dataset, in the same order")
     names: list[str] = []
     for root in roots:
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.name).strip("_") or "dataset"
+        name = safe_name(root.name, "dataset")
         base, k = name, 2
         while name in names:
             name, k = f"{base}_{k}", k + 1
@@ -67,8 +60,5 @@ def merge_datasets(datasets: Sequence[str | Path], out: str | Path, *, groups: S
             summary.notes.append(f"class(es) {partial} are missing from some sources")
         if "group" not in merged.columns or (merged["group"] == "").any():
             summary.notes.append("some rows have no group; give --groups to set one a dataset")
-        write_manifest(merged, tmp)
-        summary.written = len(merged)
-        summary.classes = class_counts(merged["label"])
-        summary.write(tmp)
+        summary.finish(merged, tmp)
     return summary

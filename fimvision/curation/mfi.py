@@ -56,9 +56,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.imageio import IMAGE_SUFFIXES, read_image, write_png
-from fimvision.curation.output import OutputFolder, Summary, class_counts, unique_columns, write_manifest
+from fimvision.curation.output import Summary, safe_name, unique_columns
+from fimvision.errors import CurationError
+from fimvision.files import OutputFolder
+from fimvision.imageio import IMAGE_SUFFIXES, read_image, write_png
 
 ALIASES: dict[str, str] = {
     "ecd": "esd_um", "ecdum": "esd_um", "ecdmicrons": "esd_um", "equivalentcirculardiameter": "esd_um",
@@ -214,7 +215,7 @@ def curate_mfi(particles_csv: str | Path, frames: str | Path, out: str | Path, *
     images = [""] * len(table)
     depth = [0] * len(table)
     sample_name = sample or csv_path.stem
-    folder = _safe(sample_name)
+    folder = safe_name(sample_name, "particle")
     with OutputFolder(out, overwrite=overwrite, inputs=[csv_path, Path(frames)]) as tmp:
         bar = tqdm(total=len(table), desc="crop MFI particles", unit="particle", disable=not progress)
         for number, rows in table.groupby("frame", sort=True):
@@ -262,14 +263,7 @@ def curate_mfi(particles_csv: str | Path, frames: str | Path, out: str | Path, *
         written = table[keep].drop(columns=["line"]).reset_index(drop=True)
         if written.empty:
             raise CurationError("no particle was written", file=csv_path, hint="see the skipped reasons")
-        write_manifest(written, tmp)
-        summary.written = len(written)
-        summary.classes = class_counts(written["label"])
         summary.details["frames"] = f"{table['frame'].nunique()} frame(s), {len(frame_files)} frame file(s) found"
         summary.details["bit depth"] = ", ".join(f"{d}-bit: {n}" for d, n in sorted(written["bit_depth"].value_counts().items()))
-        summary.write(tmp)
+        summary.finish(written, tmp)
     return summary
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "particle"

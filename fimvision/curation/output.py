@@ -1,27 +1,24 @@
-"""Writing curated datasets safely: atomic output folders, manifests, skip lists and summaries.
+"""What curation writes into a dataset folder: manifests, skip lists, summaries and copied images.
 
-Every curation tool writes through :class:`OutputFolder`: the dataset is built in a hidden temporary
-sibling of the output folder and renamed into place only when complete, an existing non-empty
-output is refused unless ``overwrite``, and an output that is (or contains, or lies inside) one of
-the inputs is refused always, so inputs are never modified.
+Every curation tool builds its dataset inside :class:`fimvision.files.OutputFolder`, so the output
+appears atomically, is never clobbered without ``overwrite`` and never overlaps an input.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
+import re
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fimvision.curation.errors import CurationError
+from fimvision.data.manifest import class_counts, load_manifest
 
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.csv"
@@ -29,62 +26,6 @@ SUMMARY = "curation_summary.json"
 # Manifest columns in the order a reader expects them; the rest follow in the order given.
 LEADING_COLUMNS = ("image", "label", "particle_id", "image_id", "run", "sample", "group", "split", "fold",
                    "instrument", "mask")
-
-
-def _is_within(path: Path, parent: Path) -> bool:
-    try:
-        path.relative_to(parent)
-        return True
-    except ValueError:
-        return False
-
-
-class OutputFolder:
-    """Context manager giving a temporary folder that becomes ``out`` on success.
-
-    On an exception the temporary folder is removed and ``out`` is left as it was. ``inputs`` are
-    the files and folders read: an ``out`` that overlaps any of them is refused.
-    """
-
-    def __init__(self, out: str | Path, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
-        self.out = Path(out).expanduser().resolve()
-        self.overwrite = overwrite
-        self.tmp: Path | None = None
-        for source in inputs:
-            source = Path(source).expanduser().resolve()
-            if _is_within(self.out, source) or _is_within(source, self.out):
-                raise CurationError(f"the output folder overlaps the input {source}", file=self.out,
-                                    hint="choose an output folder outside the inputs; inputs are never modified")
-        if self.out.exists() and not self.out.is_dir():
-            raise CurationError("the output exists and is a file, not a folder", file=self.out,
-                                hint="choose another --out")
-        if self.out.is_dir() and any(self.out.iterdir()) and not overwrite:
-            raise CurationError("the output folder exists and is not empty", file=self.out,
-                                hint="choose a new folder, or pass --overwrite to replace it")
-
-    def _sibling(self, tag: str) -> Path:
-        return self.out.parent / f".{self.out.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}"
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self._sibling("tmp")
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        assert self.tmp is not None
-        if kind is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out.exists():
-            # Move the old folder aside first, so a failure between the two renames loses nothing.
-            old = self._sibling("old")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -129,6 +70,13 @@ class Summary:
         (folder / SUMMARY).write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
         self.skipped.write(folder)
 
+    def finish(self, manifest: pd.DataFrame, folder: Path) -> None:
+        """Write ``manifest`` into ``folder``, count its particles (per class too) and write this summary."""
+        write_manifest(manifest, folder)
+        self.written = len(manifest)
+        self.classes = class_counts(manifest["label"])
+        self.write(folder)
+
     def format(self) -> str:
         """The printed report."""
         lines = [f"{self.tool}: wrote {self.written} particle(s) to {self.out}"]
@@ -150,15 +98,6 @@ class Summary:
         return "\n".join(lines)
 
 
-def class_counts(labels: Iterable[str]) -> dict[str, int]:
-    """Particles per label, labelled classes sorted, unlabelled ('') last."""
-    counts = Counter(labels)
-    ordered = {name: counts[name] for name in sorted(counts) if name != ""}
-    if "" in counts:
-        ordered[""] = counts[""]
-    return ordered
-
-
 def order_columns(frame: pd.DataFrame, leading: Sequence[str] = LEADING_COLUMNS) -> pd.DataFrame:
     """``image``, ``label`` and the other standard columns first, then the rest in their order."""
     first = [c for c in leading if c in frame.columns]
@@ -177,8 +116,6 @@ def load_dataset(root: str | Path) -> pd.DataFrame:
 
     Text columns are ``str`` with '' for empty; the manifest's line numbers are in column ``line``.
     """
-    from fimvision.data.manifest import load_manifest
-
     return load_manifest(root, require_labels=False, check_files=True).frame
 
 
@@ -221,3 +158,9 @@ def unique_columns(columns, normalise) -> list[str]:
             name += "_2"
         names.append(name)
     return names
+
+
+def safe_name(name: str, default: str) -> str:
+    """``name`` as a file or folder name: runs of characters other than letters, digits, '.', '_' and '-'
+    become '_'; ``default`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or default

@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.imageio import read_image
 from fimvision.curation.output import load_dataset
+from fimvision.errors import CurationError
+from fimvision.imageio import LUMINANCE_WEIGHTS, read_image
 
-LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+LUMA = np.asarray(LUMINANCE_WEIGHTS["bt601"], np.float32)
 UNLABELLED = "(unlabelled)"
 
 

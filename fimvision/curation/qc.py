@@ -22,22 +22,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.imageio import read_image, to_float
-from fimvision.curation.output import (
-    MANIFEST,
-    OutputFolder,
-    Summary,
-    class_counts,
-    copy_images,
-    load_dataset,
-    write_manifest,
-)
+from fimvision.curation.mfi import TRUE
+from fimvision.curation.output import MANIFEST, Summary, copy_images, load_dataset
+from fimvision.data.manifest import class_counts
+from fimvision.errors import CurationError
+from fimvision.files import OutputFolder
+from fimvision.imageio import read_image, to_float
 
 DEDUPE_MODES = ("none", "exact", "near")
-TRUE = {"yes", "y", "true", "t", "1", "1.0"}
 
 
 def phash(image: np.ndarray, hash_size: int = 8, highfreq_factor: int = 4) -> int:
@@ -102,19 +98,13 @@ def near_duplicate_pairs(hashes: np.ndarray, sizes: np.ndarray, *, max_distance:
 
 def _clusters(n: int, pairs: Sequence[tuple[int, int, int]]) -> np.ndarray:
     """For each item, the first (lowest index) item of its group of connected pairs."""
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
-    for i, j, _ in pairs:
-        a, b = root(i), root(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(n)])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    edges = np.asarray(pairs, dtype=np.int64).reshape(-1, 3)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)  # labels are 0..k-1: first[k] is group k's first item
+    return first[labels]
 
 
 def class_balance(frame: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
@@ -249,11 +239,8 @@ def filter_dataset(dataset: str | Path, out: str | Path, settings: FilterSetting
         raise CurationError("every particle was filtered out", file=root / MANIFEST, hint="loosen the filters")
     with OutputFolder(out, overwrite=overwrite, inputs=[root]) as tmp:
         kept = copy_images(kept, root, tmp, link=link, progress=progress)
-        write_manifest(kept, tmp)
         class_balance(kept).to_csv(tmp / "class_balance.csv")
-        summary.written = len(kept)
-        summary.classes = class_counts(kept["label"])
         summary.details["particles in"] = len(frame)
         summary.details["class balance before"] = {k or "(unlabelled)": v for k, v in class_counts(frame["label"]).items()}
-        summary.write(tmp)
+        summary.finish(kept, tmp)
     return summary

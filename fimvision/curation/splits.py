@@ -20,16 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.output import (
-    OutputFolder,
-    Summary,
-    class_counts,
-    copy_images,
-    load_dataset,
-    write_manifest,
-)
-from fimvision.errors import DataError
+from fimvision.curation.output import Summary, copy_images, load_dataset
+from fimvision.errors import CurationError, DataError
+from fimvision.files import OutputFolder
 
 STRATEGIES = {"stratified": "random", "sample": "sample", "group": "group", "kfold": "kfold"}
 
@@ -55,8 +48,7 @@ def split_frame(frame: pd.DataFrame, strategy: str = "sample", *, fold: int = 0,
         splits = assign_splits(part, STRATEGIES[strategy], fold=fold, n_folds=n_folds, val_fraction=val_fraction,
                                test_fraction=test_fraction, seed=seed)
         if strategy == "group":
-            names = sorted(part["group"].unique())
-            folds = part["group"].map({name: i for i, name in enumerate(names)}).to_numpy()
+            folds = np.unique(part["group"], return_inverse=True)[1]  # the group's index in sorted order
         elif strategy == "kfold":
             folds = assign_folds(part, n_folds, seed=seed)
         else:
@@ -82,9 +74,6 @@ def split_dataset(dataset: str | Path, out: str | Path, *, strategy: str = "samp
     summary = Summary(tool="split_dataset", out=Path(out).expanduser().resolve())
     with OutputFolder(out, overwrite=overwrite, inputs=[root]) as tmp:
         result = copy_images(result, root, tmp, link=link, progress=progress)
-        write_manifest(result, tmp)
-        summary.written = len(result)
-        summary.classes = class_counts(result["label"])
         labelled = result[result["split"] != ""]
         table = pd.crosstab(labelled["label"], labelled["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
         summary.details["strategy"] = f"{strategy} (fold {fold})" if strategy in ("group", "kfold") else strategy
@@ -97,5 +86,5 @@ def split_dataset(dataset: str | Path, out: str | Path, *, strategy: str = "samp
             test = labelled["split"] == "test"
             shared = set(labelled.loc[test, "group"]) & set(labelled.loc[~test, "group"])
             summary.details["held-out groups also in train/val"] = len(shared)
-        summary.write(tmp)
+        summary.finish(result, tmp)
     return summary

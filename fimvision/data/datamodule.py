@@ -6,19 +6,18 @@ import logging
 from typing import Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
+from fimvision.data.base import FimvisionDataModule
 from fimvision.data.dataset import Luminance, Modality, ParticleDataset, decode_images
 from fimvision.data.manifest import Manifest, load_manifest
-from fimvision.data.resumable import ResumableTraining
 from fimvision.data.splits import SplitStrategy, assign_splits, describe
 from fimvision.data.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
 
 
-class ParticleDataModule(ResumableTraining, pl.LightningDataModule):
+class ParticleDataModule(FimvisionDataModule):
     """Particle images from a dataset folder (``manifest.csv`` + images).
 
     Args:
@@ -119,26 +118,32 @@ class ParticleDataModule(ResumableTraining, pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             self.datasets["predict"] = self._dataset(np.arange(len(self.manifest.frame)), train=False)
-            return
-        if "train" in self.datasets:
-            return
+        elif "train" not in self.datasets:
+            self.build_datasets(self.split_rows())
+
+    def split_rows(self) -> np.ndarray:
+        """The split of each manifest row: ``train``, ``val``, ``test``, or "" for an unlabelled row."""
         frame = self.manifest.frame
         labelled = np.flatnonzero(self.manifest.labelled.to_numpy())
-        if len(labelled) < len(frame):
-            log.info("%d of %d particles have no label (unclassified) and are left out of training and "
-                     "evaluation", len(frame) - len(labelled), len(frame))
-        splits = assign_splits(frame.iloc[labelled], self.split, fold=self.fold, n_folds=self.n_folds,
-                               val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed)
-        self.split_of = dict(zip(labelled.tolist(), splits.tolist(), strict=True))
-        log.info("split '%s' (fold %d), particles per class:\n%s", self.split, self.fold,
-                 describe(frame.iloc[labelled], splits).to_string())
-        for name in ("train", "val", "test"):
-            self.datasets[name] = self._dataset(labelled[splits == name], train=name == "train")
+        split_of = np.full(len(frame), "", dtype=object)
+        if len(labelled):
+            splits = assign_splits(frame.iloc[labelled], self.split, fold=self.fold, n_folds=self.n_folds,
+                                   val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed)
+            split_of[labelled] = splits
+            log.info("split '%s' (fold %d), particles per class:\n%s", self.split, self.fold,
+                     describe(frame.iloc[labelled], splits).to_string())
+        return split_of
 
-    def class_counts(self, split: str = "train") -> torch.Tensor:
-        """Particles per class in ``split``."""
-        targets = torch.as_tensor(self.datasets[split].targets)
-        return torch.bincount(targets, minlength=self.num_classes)
+    def build_datasets(self, split_of: np.ndarray) -> None:
+        """The train, val and test datasets from the rows' splits."""
+        if (split_of == "").any():
+            log.info("%d of %d particles have no label (unclassified) and are left out of training and "
+                     "evaluation", (split_of == "").sum(), len(split_of))
+        for name in ("train", "val", "test"):
+            self.datasets[name] = self._dataset(np.flatnonzero(split_of == name), train=name == "train")
+
+    def split_targets(self, split: str) -> np.ndarray:
+        return self.datasets[split].targets
 
     def _loader(self, name: str) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=False,

@@ -13,101 +13,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tifffile
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from fimvision.data.manifest import Manifest, _report
 from fimvision.data.transforms import to_canvas
+from fimvision.imageio import LUMINANCE_WEIGHTS, read_image, to_uint8
 
 log = logging.getLogger(__name__)
 
 Modality = Literal["color", "mono"]
-Luminance = Literal["bt601", "bt709"]
-LUMINANCE_WEIGHTS: dict[str, tuple[float, float, float]] = {
-    "bt601": (0.299, 0.587, 0.114),
-    "bt709": (0.2126, 0.7152, 0.0722),
-}
+Luminance = Literal["bt601", "bt709"]  # the keys of LUMINANCE_WEIGHTS
 
 
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale integer images above 8 bits to 0-255 by their type's full range (no per-image stretch,
-    so intensity stays comparable between particles); floats are taken as 0-1."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.floating):
-        return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        # PIL opens 16-bit PNGs as int32: use 16 bits whenever the values fit in them.
-        top = 65535 if array.max(initial=0) <= 65535 else np.iinfo(array.dtype).max
-        return np.rint(array.astype(np.float64) * (255.0 / top)).astype(np.uint8)
-    raise ValueError(f"unsupported pixel type {array.dtype}")
-
-
-def _from_pil(image: Image.Image) -> np.ndarray:
-    if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    elif image.mode == "1":
-        image = image.convert("L")
-    elif image.mode == "LA":
-        image = image.getchannel("L")
-    array = np.asarray(image)
-    if array.dtype == np.int32 or image.mode.startswith("I;16"):
-        # Pillow opens 16-bit grey as int32 ("I"): keep it as uint16 when the values fit.
-        if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
-            raise ValueError(f"pixel values outside 0-65535 in mode {image.mode}")
-        array = array.astype(np.uint16)
-    return array
-
-
-def _normalise(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # planar TIFF
-    if array.ndim == 3 and array.shape[2] in (1, 2):
-        array = array[:, :, 0]  # grey (+ alpha)
-    if array.ndim == 3 and array.shape[2] == 4:
-        array = array[:, :, :3]  # alpha carries no particle signal
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3) or min(array.shape[:2]) < 1:
-        raise ValueError(f"unexpected image shape {array.shape}")
-    if array.dtype not in (np.uint8, np.uint16):
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        elif np.issubdtype(array.dtype, np.integer) and array.min(initial=0) >= 0 and array.max(initial=0) <= 65535:
-            array = array.astype(np.uint16)
-        elif not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"unsupported pixel type {array.dtype}")
-    return np.ascontiguousarray(array)
-
-
-def read_raw(path: str | Path) -> np.ndarray:
-    """Read an image unscaled: H x W (grey) or H x W x 3 (RGB), uint8 or uint16 (floats as stored).
-
-    Pillow first (it decodes the LZW TIFFs instruments write without extra packages), tifffile as the
-    fallback for TIFFs Pillow cannot open (planar, 16-bit RGB); alpha dropped, palettes expanded."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            return _normalise(_from_pil(image))
-    except (OSError, ValueError, SyntaxError):
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise
-        return _normalise(tifffile.imread(path))
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 HxWxC with C = 1 (grey) or 3 (RGB): RGB, grey, RGBA (alpha dropped),
-    palette, 16-bit PNG and TIFF (scaled by the 16-bit range)."""
-    array = read_raw(path)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return np.ascontiguousarray(to_uint8(array))
+def as_hwc_uint8(array: np.ndarray) -> np.ndarray:
+    """An image from :func:`fimvision.imageio.read_image` as uint8 H x W x C (C = 1 grey, 3 RGB); 16-bit
+    images are scaled by the 16-bit range."""
+    array = to_uint8(array)
+    return np.ascontiguousarray(array[:, :, None] if array.ndim == 2 else array)
 
 
 def luminance(rgb: np.ndarray, formula: Luminance = "bt601") -> np.ndarray:
@@ -132,10 +58,11 @@ def decode_images(manifest: Manifest, rows: Sequence[int], *, image_size: int, k
     for out, row in enumerate(tqdm(rows, desc="decoding images", unit="img", disable=not progress,
                                    mininterval=1.0, leave=False)):
         try:
-            image = read_image(manifest.root / paths[row])
+            image = as_hwc_uint8(read_image(manifest.root / paths[row]))
         except Exception as err:  # any decoder failure means the same to the user: a bad image file
+            cause = err.__cause__ or err  # the decoder's own error; read_image's message repeats the path
             unreadable.append(f"line {lines[row]}, column 'image': cannot decode '{paths[row]}' "
-                              f"({type(err).__name__}: {err})")
+                              f"({type(cause).__name__}: {cause})")
             continue
         if image.shape[2] == 1 and channels == 3:
             grey.append(f"line {lines[row]}, column 'image': '{paths[row]}' is a one-channel (grey) image")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import logging
 import posixpath
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -77,6 +78,15 @@ class Manifest:
     def where(self, row: int, column: str) -> str:
         """'manifest.csv line N, column C' for messages about data row ``row``."""
         return f"{self.path} line {int(self.frame['line'].iloc[row])}, column '{column}'"
+
+
+def class_counts(labels: Iterable[str]) -> dict[str, int]:
+    """Particles per label, labelled classes sorted, unlabelled ('') last."""
+    counts = Counter(labels)
+    ordered = {name: counts[name] for name in sorted(counts) if name != ""}
+    if "" in counts:
+        ordered[""] = counts[""]
+    return ordered
 
 
 def outside_the_folder(image: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
 
 from fimvision.data.manifest import SPLIT_NAMES
 from fimvision.errors import DataError
@@ -70,16 +71,15 @@ def _by_units(frame: pd.DataFrame, by: str | None, val_fraction: float, test_fra
 
 def assign_folds(frame: pd.DataFrame, n_folds: int, *, by: str | None = "sample", seed: int = 0) -> np.ndarray:
     """A fold index (0..n_folds-1) for each row: whole units (``by``) per fold, stratified by class."""
-    units = _units(frame, by)
-    rng = np.random.default_rng(seed)
-    fold_of = pd.Series(0, index=units.index)
-    offset = 0
-    for _, members in units.groupby("label", sort=True):
-        order = members.index.to_numpy()[rng.permutation(len(members))]
-        fold_of.loc[order] = (np.arange(len(order)) + offset) % n_folds
-        offset += len(order)
-    key = frame[by] if by else pd.Series(frame.index.astype(str), index=frame.index)
-    return key.map(fold_of).to_numpy().astype(int)
+    units = frame[by].to_numpy() if by else np.arange(len(frame))
+    if len(set(units)) < n_folds:
+        raise DataError(f"split 'kfold': n_folds={n_folds} needs at least {n_folds} "
+                        f"{'samples' if by else 'particles'}; the manifest has {len(set(units))}.")
+    folds = np.zeros(len(frame), dtype=int)
+    splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(units, frame["label"].to_numpy(), groups=units)):
+        folds[held_out] = fold
+    return folds
 
 
 def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fold: int = 0, n_folds: int = 5,

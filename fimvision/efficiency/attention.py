@@ -48,13 +48,6 @@ SDPA_BACKENDS: dict[str, SDPBackend] = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-# The op each forced backend shows in torch.profiler (forward); used by tests and the profile report.
-KERNEL_OPS: dict[str, tuple[str, ...]] = {
-    "math": ("aten::_scaled_dot_product_attention_math",),
-    "flash": ("aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_flash_attention_for_cpu"),
-    "efficient": ("aten::_scaled_dot_product_efficient_attention",),
-    "cudnn": ("aten::_scaled_dot_product_cudnn_attention",),
-}
 
 
 class AttentionBackendError(FimvisionError):

@@ -7,12 +7,16 @@ cluster computes q k^T and softmax once, for its representative head (the member
 and every member applies those scores to its own values. Saved: the q k^T MACs of the non-representative
 heads, ``(heads - k) * N^2 * head_dim`` per layer and image (the softmax work shrinks likewise; the
 attention-times-values product is unchanged).
+
+The model is the LightningModule (``module(x)``: logits of a classifier); its attention modules are found
+anywhere inside it.
 """
 
 from __future__ import annotations
 
-import copy
+import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +24,9 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from fimvision.efficiency.attention import SdpaInterceptor, attention_modules
-from fimvision.errors import FimvisionError
+from fimvision.efficiency.summary import format_table, show
+from fimvision.efficiency.target import images_of
+from fimvision.errors import ConfigError, FimvisionError
 
 
 def _probs(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> torch.Tensor:
@@ -119,14 +125,13 @@ def build_plan(net: nn.Module, x: torch.Tensor, k: int | None = None, seed: int 
 
 def evaluate(net: nn.Module, plan: dict[str, LayerClusters], batches) -> dict:
     """Top-1 agreement of the clustered with the unclustered model, and both accuracies where targets exist."""
-    clustered_net = copy.deepcopy(net).eval()
     net = net.eval()
     agree = total = correct = correct_chai = labelled = 0
     with torch.no_grad():
         for x, y in batches:
             base = net(x).argmax(1)
-            with ClusteredAttention(clustered_net, plan):
-                chai = clustered_net(x).argmax(1)
+            with ClusteredAttention(net, plan):
+                chai = net(x).argmax(1)
             agree += (base == chai).sum().item()
             total += len(x)
             if y is not None:
@@ -137,3 +142,54 @@ def evaluate(net: nn.Module, plan: dict[str, LayerClusters], batches) -> dict:
     return {"images": total, "top1_agreement": agree / total if total else float("nan"),
             "accuracy": correct / labelled if labelled else None,
             "accuracy_chai": correct_chai / labelled if labelled else None}
+
+
+@dataclass
+class ChaiSettings:
+    """Options of `chai`.
+
+    Args:
+        batch_size: batch size of calibration and evaluation.
+        calibration_batches: batches whose attention maps are clustered (training images, or synthetic).
+        eval_batches: at most this many validation batches are evaluated.
+        clusters: fixed clusters per layer (default: the elbow of each layer's k-means inertia).
+        seed: k-means seed.
+    """
+
+    batch_size: int = 16
+    calibration_batches: int = 1
+    eval_batches: int = 20
+    clusters: int | None = None
+    seed: int = 0
+
+
+def run_chai(target, s: ChaiSettings, device: str, out: Path) -> dict:
+    """`fimvision-efficiency chai`: cluster the heads on calibration images, evaluate; ``chai_layers.csv`` and tables."""
+    if getattr(target.module, "train_on", None) == "views":
+        raise ConfigError(f"CHAI scores a classifier's predictions, and {type(target.module).__name__} is a "
+                          "self-supervised model without one: run it on a fine-tuned or linear-probe config.")
+    net = target.module.to(device).float().eval()
+    calib = torch.cat([images_of(target.batch(s.batch_size, seed=1000 + i)) for i in range(s.calibration_batches)])
+    loader = None
+    if target.datamodule is not None:  # the labelled validation loader
+        target.datamodule.batch_size = s.batch_size
+        loaders = target.datamodule.val_dataloader()
+        loader = (loaders or [None])[-1] if isinstance(loaders, list) else loaders
+    if loader is not None:
+        batches = [(b["image"].to(device), b["target"].to(device)) for b in itertools.islice(loader, s.eval_batches)]
+        note = "validation split of the dataset"
+    else:
+        batches = [(images_of(target.batch(s.batch_size, seed=2000 + i)).to(device), None)
+                   for i in range(min(s.eval_batches, 4))]
+        note = "synthetic input (no dataset): accuracy needs --data.init_args.root of a dataset"
+    plan, maps = build_plan(net, calib.to(device), s.clusters, s.seed)
+    head_dim = {name: m.head_dim for name, m in attention_modules(net)}
+    macs = attention_macs(plan, maps, head_dim)
+    scores = evaluate(net, plan, batches)
+    layers = [{"layer": name, "heads": len(p.labels), "clusters": p.k, "representatives": p.representatives,
+               "labels": p.labels} for name, p in plan.items()]
+    summary = {**macs, **scores, "evaluated_on": note}
+    show(f"CHAI on {target.name} ({device}), evaluated on {note}", layers, ["layer", "heads", "clusters", "representatives"],
+         csv=out / "chai_layers.csv")
+    print(format_table([{k: v for k, v in summary.items() if k != "evaluated_on"}]))
+    return {"model": target.name, "summary": summary, "layers": layers}

@@ -5,41 +5,45 @@ weights; their weights are compared every few steps, per parameter tensor and fo
 (all parameters as one vector), by the maximum absolute difference and the 1-D Wasserstein distance
 between the two sets of weight values. The seed pair (same initial weights, another data order,
 dropout and drop-path draw) is the yardstick: a drift well below it is harmless.
+
+Each run is a Lightning Trainer fitting a copy of the LightningModule (its own ``training_step``, optimizer and
+schedule) on the same training samples, drawn once (real or the model's synthetic batches; multi-view for
+self-supervised methods), reshuffled by the run's seed.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from scipy.stats import wasserstein_distance
+from torch.utils.data import StackDataset
+
+from fimvision.efficiency.attention import attention_modules
+from fimvision.efficiency.precision import get_precision, prepare_model
+from fimvision.efficiency.steps import require_automatic_optimization
+from fimvision.efficiency.summary import show, write_csv
 
 log = logging.getLogger(__name__)
 MODEL = "__model__"  # the whole-model row of the drift table
 
 
-def wasserstein_1d(u: torch.Tensor, v: torch.Tensor) -> float:
-    """1-D Wasserstein (earth mover's) distance between the empirical distributions of ``u`` and ``v``'s
-    values (equal weights), as ``scipy.stats.wasserstein_distance``; computed in fp64."""
-    u = torch.sort(u.detach().reshape(-1).double()).values
-    v = torch.sort(v.detach().reshape(-1).double()).values
-    if u.numel() == v.numel():
-        return (u - v).abs().mean().item()
-    # Integral of |F_u - F_v| over the merged support.
-    values = torch.sort(torch.cat([u, v])).values
-    deltas = values[1:] - values[:-1]
-    cdf_u = torch.searchsorted(u, values[:-1], right=True).double() / u.numel()
-    cdf_v = torch.searchsorted(v, values[:-1], right=True).double() / v.numel()
-    return ((cdf_u - cdf_v).abs() * deltas).sum().item()
+def _wasserstein(u: torch.Tensor, v: torch.Tensor) -> float:
+    """1-D Wasserstein distance between the empirical distributions of ``u``'s and ``v``'s values."""
+    return float(wasserstein_distance(u.detach().reshape(-1).double().cpu().numpy(),
+                                      v.detach().reshape(-1).double().cpu().numpy()))
 
 
 def weight_drift(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], per_tensor: bool = True) -> list[dict]:
-    """Max-abs difference and Wasserstein distance between two state dicts of the same model:
+    """Max-abs difference and Wasserstein distance (``scipy.stats.wasserstein_distance`` of the weight values)
+    between two state dicts of the same model:
     one row per tensor (when ``per_tensor``) and one for the whole model (``tensor == "__model__"``)."""
     if a.keys() != b.keys():
         raise ValueError(f"the snapshots hold different tensors: {sorted(set(a) ^ set(b))[:5]}")
@@ -48,11 +52,11 @@ def weight_drift(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], per_ten
         for name in a:
             rows.append({"tensor": name, "numel": a[name].numel(),
                          "max_abs": (a[name].double() - b[name].double()).abs().max().item(),
-                         "wasserstein": wasserstein_1d(a[name], b[name])})
+                         "wasserstein": _wasserstein(a[name], b[name])})
     flat_a = torch.cat([t.reshape(-1).float() for t in a.values()])
     flat_b = torch.cat([t.reshape(-1).float() for t in b.values()])
     rows.append({"tensor": MODEL, "numel": flat_a.numel(), "max_abs": (flat_a - flat_b).abs().max().item(),
-                 "wasserstein": wasserstein_1d(flat_a, flat_b)})
+                 "wasserstein": _wasserstein(flat_a, flat_b)})
     return rows
 
 
@@ -157,6 +161,38 @@ def drift_png(rows: list[dict], path: str | Path, title: str = "") -> Path:
 
 
 @dataclass
+class DriftSettings:
+    """Options of `drift`.
+
+    Args:
+        pairs: context pairs against the base run: ``seed`` (seed vs seed+1, same initial weights),
+            ``precision`` (other_precision vs precision), ``backend`` (other_backend vs backend).
+        steps: optimizer steps per run.
+        every_n_steps: snapshot interval.
+        batch_size: batch size.
+        seed: seed of the base run.
+        precision: precision of the base run.
+        backend: attention backend of the base run.
+        other_precision: precision of the precision pair's other run.
+        other_backend: backend of the backend pair's other run.
+        per_tensor: also write per-tensor rows.
+        keep_snapshots: keep the weight snapshots (they take model size x snapshots x runs on disk).
+    """
+
+    pairs: list[Literal["seed", "precision", "backend"]] = field(default_factory=lambda: ["seed", "precision", "backend"])
+    steps: int = 30
+    every_n_steps: int = 5
+    batch_size: int = 8
+    seed: int = 0
+    precision: str = "32-true"
+    backend: str = "math"
+    other_precision: str = "bf16-mixed"
+    other_backend: str = "flash"
+    per_tensor: bool = True
+    keep_snapshots: bool = False
+
+
+@dataclass
 class RunSpec:
     """One training run of a drift study."""
 
@@ -166,55 +202,87 @@ class RunSpec:
     backend: str
 
 
-PAIR_CHANGES = {"seed": "seed", "precision": "bf16-mixed vs 32-true", "backend": "flash vs math"}
-
-
-def pair_runs(pairs: list[str], seed: int = 0, precision: str = "32-true", backend: str = "math",
-              other_precision: str = "bf16-mixed", other_backend: str = "flash",
-              has_attention: bool = True) -> tuple[RunSpec, dict[str, RunSpec]]:
-    """The base run and, per pair, the run that differs from it in one thing."""
-    base = RunSpec("base", seed, precision, backend if has_attention else "auto")
+def pair_runs(s: DriftSettings, has_attention: bool = True) -> tuple[RunSpec, dict[str, RunSpec]]:
+    """The base run and, per pair of ``s.pairs``, the run that differs from it in one thing."""
+    base = RunSpec("base", s.seed, s.precision, s.backend if has_attention else "auto")
     others = {}
-    for pair in pairs:
+    for pair in s.pairs:
         if pair == "seed":
-            others[f"seed {seed} vs {seed + 1}"] = RunSpec("seed", seed + 1, base.precision, base.backend)
+            others[f"seed {s.seed} vs {s.seed + 1}"] = replace(base, name=pair, seed=s.seed + 1)
         elif pair == "precision":
-            others[f"{other_precision} vs {precision}"] = RunSpec("precision", seed, other_precision, base.backend)
+            others[f"{s.other_precision} vs {s.precision}"] = replace(base, name=pair, precision=s.other_precision)
+        elif pair == "backend" and has_attention:
+            others[f"{s.other_backend} vs {s.backend}"] = replace(base, name=pair, backend=s.other_backend)
         elif pair == "backend":
-            if not has_attention:
-                log.warning("the model has no attention modules: the backend pair is skipped")
-                continue
-            others[f"{other_backend} vs {backend}"] = RunSpec("backend", seed, base.precision, other_backend)
+            log.warning("the model has no attention modules: the backend pair is skipped")
         else:
             raise ValueError(f"unknown drift pair '{pair}'; use seed, precision or backend")
     return base, others
 
 
-class _SyntheticImages(torch.utils.data.Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i], "target": self.y[i], "index": i}
+def batch_dataset(batch: dict) -> torch.utils.data.Dataset:
+    """The samples of one training batch (images a tensor or a list of views), for loaders that reshuffle them."""
+    return StackDataset(**{k: StackDataset(*v) if isinstance(v, (list, tuple)) else v for k, v in batch.items()})
 
 
 def train_run(module: pl.LightningModule, spec: RunSpec, loader_fn, out: Path, *, steps: int, every_n_steps: int,
-              accelerator: str, progress: bool = False) -> Path:
-    """Train a copy of ``module`` for ``steps`` optimizer steps as ``spec`` says; return its snapshot folder."""
-    from fimvision.efficiency.attention import attention_modules, set_attention_backend
+              device: str, progress: bool = False) -> tuple[Path, dict]:
+    """Train a copy of ``module`` with a Lightning Trainer for ``steps`` optimizer steps as ``spec`` says.
 
-    model = copy.deepcopy(module)
-    if attention_modules(model):
-        set_attention_backend(model, spec.backend, "cuda" if accelerator == "gpu" else "cpu")
+    Returns its snapshot folder and a summary: steps taken, the last ``train_loss`` the module logged and how
+    far the weights moved from the first snapshot to the last (``moved_max_abs``, ``moved_wasserstein``).
+    """
+    model = prepare_model(module, "32-true", device, backend=spec.backend)
     pl.seed_everything(spec.seed, verbose=False)
     snapshots = out / "snapshots" / spec.name
     shutil.rmtree(snapshots, ignore_errors=True)
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=spec.precision.replace("tf32", "32-true"),
-                         max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         enable_progress_bar=progress, num_sanity_val_steps=0, limit_val_batches=0,
-                         callbacks=[WeightDriftCallback(str(snapshots), every_n_steps)])
-    trainer.fit(model, train_dataloaders=loader_fn(spec.seed))
-    return snapshots
+    callback = WeightDriftCallback(str(snapshots), every_n_steps)
+    trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
+                         precision=get_precision(spec.precision).lightning, max_steps=steps, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[callback])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`validation_step` but have no `val_dataloader`.*")
+        trainer.fit(model, train_dataloaders=loader_fn(spec.seed))
+    first, last = (torch.load(snapshot_path(snapshots, step), weights_only=True) for step in (callback.steps[0],
+                                                                                                callback.steps[-1]))
+    moved = weight_drift(first, last, per_tensor=False)[-1]
+    loss = trainer.callback_metrics.get("train_loss")
+    return snapshots, {"steps": trainer.global_step, "train_loss": float("nan" if loss is None else loss),
+                       "moved_max_abs": moved["max_abs"], "moved_wasserstein": moved["wasserstein"]}
+
+
+def run_drift(target, s: DriftSettings, device: str, out: Path) -> dict:
+    """`fimvision-efficiency drift`: the base run and one run per pair, all on the same ``steps x batch_size``
+    training samples (drawn once, reshuffled by each run's seed); ``drift.csv``, ``drift.png`` and a table."""
+    require_automatic_optimization(target.module)
+    samples = batch_dataset(target.batch(s.steps * s.batch_size, seed=12345))
+
+    def loader(seed: int) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(samples, batch_size=s.batch_size, shuffle=True, drop_last=True,
+                                           generator=torch.Generator().manual_seed(seed))
+
+    base, others = pair_runs(s, has_attention=bool(attention_modules(target.module)))
+    kw = {"steps": s.steps, "every_n_steps": s.every_n_steps, "device": device}
+    base_dir, base_summary = train_run(target.module, base, loader, out, **kw)
+    rows, runs = [], {}
+    for pair, spec in others.items():
+        other_dir, runs[pair] = train_run(target.module, spec, loader, out, **kw)
+        rows += [{"pair": pair, **r} for r in compare_runs(other_dir, base_dir, per_tensor=s.per_tensor)]
+        if not s.keep_snapshots:
+            shutil.rmtree(other_dir)
+    if not s.keep_snapshots:
+        shutil.rmtree(base_dir)
+    write_csv(rows, out / "drift.csv")
+    drift_png(rows, out / "drift.png", title=f"weight drift, {target.name}: base = {base.precision}, {base.backend}, seed {base.seed}")
+    slope = slopes(rows)
+    final = []
+    for pair in others:
+        last = [r for r in rows if r["pair"] == pair and r["tensor"] == MODEL][-1]
+        final.append({"pair": pair, "step": last["step"], "max_abs": last["max_abs"], "wasserstein": last["wasserstein"],
+                      "slope_max_abs": slope[pair]["max_abs"], "slope_wasserstein": slope[pair]["wasserstein"]})
+    show(f"whole-model weight drift after {s.steps} steps ({target.name}, {device}); slopes per step", final)
+    print(f"base run: train_loss {base_summary['train_loss']:.4g}; its weights moved max-abs "
+          f"{base_summary['moved_max_abs']:.4g}, Wasserstein {base_summary['moved_wasserstein']:.4g} from the start")
+    return {"model": target.name, "base": {**asdict(base), **base_summary},
+            "runs": {k: {**asdict(v), **runs[k]} for k, v in others.items()}, "final": final, "slopes": slope}

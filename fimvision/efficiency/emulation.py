@@ -24,6 +24,7 @@ import itertools
 import math
 from typing import Literal
 
+import pandas as pd
 import torch
 
 Variant = Literal["baseline", "fa1", "fa2"]
@@ -115,15 +116,5 @@ def microbenchmark(seq_lens=(128, 512), tiles=(16, 64, 256), bits=(7, 10, 16, 23
                     rows.append({"variant": variant, "seq_len": n, "tile": tile, "bits": b, "seed": seed,
                                  "max_abs": d.max().item(), "mean_abs": d.mean().item()})
     # Average over seeds: one row per (variant, seq_len, tile, bits).
-    out: dict[tuple, dict] = {}
-    for row in rows:
-        key = (row["variant"], row["seq_len"], row["tile"], row["bits"])
-        acc = out.setdefault(key, {**{k: row[k] for k in ("variant", "seq_len", "tile", "bits")},
-                                   "max_abs": 0.0, "mean_abs": 0.0, "n": 0})
-        acc["max_abs"] += row["max_abs"]
-        acc["mean_abs"] += row["mean_abs"]
-        acc["n"] += 1
-    for acc in out.values():
-        acc["max_abs"] /= acc["n"]
-        acc["mean_abs"] /= acc.pop("n")
-    return list(out.values())
+    means = pd.DataFrame(rows).groupby(["variant", "seq_len", "tile", "bits"], sort=False)[["max_abs", "mean_abs"]].mean()
+    return means.reset_index().to_dict("records")

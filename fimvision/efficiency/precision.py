@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fimvision.efficiency.attention import attention_modules, set_attention_backend
 from fimvision.errors import FimvisionError
 
 
@@ -39,11 +40,6 @@ class Precision:
     param_dtype: torch.dtype
     autocast_dtype: torch.dtype | None = None
     tf32: bool = False
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype most operators (matmuls, attention) run in."""
-        return self.autocast_dtype or self.param_dtype
 
     @property
     def needs_grad_scaler(self) -> bool:
@@ -99,18 +95,41 @@ def precision_context(precision: Precision | str, device: torch.device | str) ->
                 yield
 
 
+def copy_module(model: nn.Module) -> nn.Module:
+    """An independent copy of ``model`` with the same weights. A LightningModule that ``deepcopy`` cannot copy
+    (lightly's DINO head uses torch's old ``weight_norm``) is rebuilt from its hyper-parameters, without
+    loading starting weights again, and given the weights."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError:
+        if not hasattr(model, "hparams"):
+            raise
+        from fimvision.cli import STARTING_WEIGHTS
+
+        clone = type(model)(**{k: STARTING_WEIGHTS.get(k, v) for k, v in model.hparams.items()})
+        clone.load_state_dict(model.state_dict())
+        return clone
+
+
 def prepare_model(model: nn.Module, precision: Precision | str, device: torch.device | str, *,
-                  channels_last: bool = False, compile: bool = False, copy_model: bool = True) -> nn.Module:
-    """``model`` (a copy unless ``copy_model`` is False) on ``device`` with the weight dtype of ``precision``,
-    optionally in channels-last memory format and compiled with ``torch.compile``."""
+                  backend: str | None = None, channels_last: bool = False, compile: bool = False,
+                  copy_model: bool = True) -> nn.Module:
+    """``model`` (a copy unless ``copy_model`` is False) with its attention modules on ``backend`` (None: as
+    they are; ignored without attention modules), on ``device`` with the weight dtype of ``precision``, optionally in channels-last
+    memory format and with each of its networks (the children holding parameters: what ``forward`` and
+    ``training_step`` call) compiled in place by ``torch.compile``."""
     precision = get_precision(precision) if isinstance(precision, str) else precision
     if copy_model:
-        model = copy.deepcopy(model)
+        model = copy_module(model)
+    if backend is not None and attention_modules(model):
+        set_attention_backend(model, backend, device)
     model = model.to(device=device, dtype=precision.param_dtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
-        model = torch.compile(model)
+        for child in model.children():
+            if next(child.parameters(), None) is not None:
+                child.compile()
     return model
 
 

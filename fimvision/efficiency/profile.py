@@ -5,16 +5,27 @@ kernels it launched) is assigned to one category by its name, so the categories 
 they sum to the profiled operator time. On CUDA the GPU idle share is ``1 - busy / window`` where
 ``busy`` is the union of all kernel and memcpy intervals and ``window`` the span from the first to the
 last of them (gaps between kernels: launch overhead, host work, synchronisation).
+
+The workloads are a forward pass and the LightningModule's own training step
+(:class:`~fimvision.efficiency.steps.TrainStep`: its loss, its optimizer).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+from fimvision.efficiency.attention import attention_modules
+from fimvision.efficiency.precision import prepare_model
+from fimvision.efficiency.steps import TrainStep, make_forward, require_automatic_optimization, synchronize
+from fimvision.efficiency.summary import show
+from fimvision.efficiency.target import images_of
 
 CATEGORIES = ("convolution", "linear/matmul", "attention", "normalisation", "activation", "memory/copy", "other")
 # First match wins. Softmax counts as attention: in these models only attention uses it in forward.
@@ -53,7 +64,7 @@ def breakdown(prof, on_device: bool = False) -> dict:
         category = categorize(event.key)
         totals[category] += us
         ops.append((event.key, category, us))
-    total = sum(_self_time(e, on_device) for e in prof.key_averages() if _self_time(e, on_device) > 0)
+    total = sum(totals.values())
     ops.sort(key=lambda o: -o[2])
     return {"total_us": total, "categories_us": totals,
             "shares": {c: (v / total if total else 0.0) for c, v in totals.items()},
@@ -88,8 +99,6 @@ def gpu_idle_share(prof) -> float | None:
 def profile_workload(fn, device: torch.device | str, *, warmup: int = 2, steps: int = 3) -> dict:
     """Run ``fn`` ``warmup`` times, then profile ``steps`` calls; the category breakdown (per call) and,
     on CUDA, the GPU idle share."""
-    from fimvision.efficiency.steps import synchronize
-
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -100,8 +109,7 @@ def profile_workload(fn, device: torch.device | str, *, warmup: int = 2, steps: 
             fn()
         synchronize(device)
     result = breakdown(prof, on_device)
-    for key in ("total_us",):
-        result[key] /= steps
+    result["total_us"] /= steps
     result["categories_us"] = {c: v / steps for c, v in result["categories_us"].items()}
     for op in result["top_ops"]:
         op["self_us"] /= steps
@@ -128,3 +136,48 @@ def profile_png(results: dict[str, dict], path: str | Path, title: str = "") -> 
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
     return save_figure(fig, path)
+
+
+@dataclass
+class ProfileSettings:
+    """Options of `profile`.
+
+    Args:
+        modes: ``forward`` and/or ``train`` (one training step).
+        backends: attention backends to profile (ignored for CNNs).
+        precision: precision mode.
+        batch_size: batch size.
+        warmup: unprofiled calls first.
+        steps: profiled calls (results are per call).
+    """
+
+    modes: list[Literal["forward", "train"]] = field(default_factory=lambda: ["forward", "train"])
+    backends: list[str] = field(default_factory=lambda: ["flash"])
+    precision: str = "32-true"
+    batch_size: int = 8
+    warmup: int = 2
+    steps: int = 3
+
+
+def run_profile(target, s: ProfileSettings, device: str, out: Path) -> dict:
+    """`fimvision-efficiency profile`: each mode x backend of ``s`` profiled; ``profile.csv``, ``.png`` and a table."""
+    if "train" in s.modes:
+        require_automatic_optimization(target.module)
+    batch = target.batch(s.batch_size)
+    backends = s.backends if attention_modules(target.module) else ["n/a"]
+    results = {}
+    for backend in backends:
+        for mode in s.modes:
+            model = prepare_model(target.module, s.precision, device, backend=backend)
+            fn = (TrainStep(model, batch, s.precision, device) if mode == "train"
+                  else make_forward(model, images_of(batch), s.precision, device))
+            results[f"{mode} {backend}" if backend != "n/a" else mode] = profile_workload(
+                fn, device, warmup=s.warmup, steps=s.steps)
+    profile_png(results, out / "profile.png", title=f"{target.name}, {s.precision}, batch {s.batch_size}, {device}")
+    rows = [{"workload": name, "total_ms": r["total_us"] / 1000, **{c: r["shares"][c] for c in CATEGORIES},
+             "gpu_idle": r["gpu_idle_share"]} for name, r in results.items()]
+    basis = next(iter(results.values()))["time_basis"]
+    show(f"operator time by category (share of {basis}), {target.name}, {s.precision}, batch {s.batch_size}, {device}",
+         rows, csv=out / "profile.csv")
+    return {"model": target.name, "device": device, "precision": s.precision, "batch_size": s.batch_size,
+            "workloads": results, "table": rows}

@@ -1,4 +1,5 @@
-"""One table from the JSON results of several models' deviation, profile and benchmark runs.
+"""Tables of efficiency results: printed and CSV tables of rows, and one table from the JSON results of
+several models' deviation, profile and benchmark runs.
 
     python -m fimvision.efficiency.summary DIR     # DIR/<model>/{deviation,profile,benchmark}.json
 """
@@ -9,7 +10,26 @@ import json
 import sys
 from pathlib import Path
 
-from fimvision.efficiency.cli import format_table
+import pandas as pd
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A plain-text table of ``rows`` (floats in 4 significant digits; missing values blank)."""
+    if not rows:
+        return "(no rows)"
+    return pd.DataFrame(rows, columns=columns).to_string(index=False, na_rep="", float_format="{:.4g}".format)
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def show(title: str, rows: list[dict], columns: list[str] | None = None, csv: Path | None = None) -> None:
+    """Print ``title`` and the table of ``rows`` (their ``columns``); with ``csv``, also write the rows there."""
+    if csv is not None:
+        write_csv(rows, csv)
+    print(f"\n{title}\n{format_table(rows, columns)}")
 
 
 def summary_rows(root: str | Path) -> list[dict]:

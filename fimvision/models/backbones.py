@@ -9,21 +9,17 @@ hub weights (opt-in, for users with network access). The input convolution follo
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
+from fimvision.checkpoints import read_checkpoint
 from fimvision.errors import CheckpointError, ConfigError
 
-
-def class_names_for(num_classes: int, class_names: list[str] | None) -> list[str]:
-    """The output names of a ``num_classes``-way head: ``class_names``, or "0", "1", ... when not given."""
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
-    return list(class_names) if class_names else [str(i) for i in range(num_classes)]
+log = logging.getLogger(__name__)
 
 
 def check_model_name(name: str) -> None:
@@ -34,22 +30,6 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=6, cutoff=0.6)
     raise ConfigError(f"unknown timm model '{name}'." + (f" Close matches: {', '.join(close)}." if close else "")
                       + " `python -c \"import timm; print(timm.list_models('*resnet*'))\"` lists names by pattern.")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict in a plain, timm or Lightning checkpoint file."""
-    path = Path(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"cannot read weights file {path} ({type(err).__name__}: {err}).") from err
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(blob, dict) and key in blob and isinstance(blob[key], dict):
-            blob = blob[key]
-            break
-    if not isinstance(blob, dict):
-        raise CheckpointError(f"{path} holds no state dict.")
-    return blob
 
 
 def create_backbone(name: str, *, in_chans: int = 3, num_classes: int = 0, pretrained: bool = False,
@@ -79,3 +59,54 @@ def create_backbone(name: str, *, in_chans: int = 3, num_classes: int = 0, pretr
             raise
         del kwargs["img_size"]
         return timm.create_model(name, in_chans=in_chans, num_classes=num_classes, **kwargs)
+
+
+# Where the backbone sits in each family's checkpoint: SSL methods (backbone.*), SHOT-style networks of
+# the adaptation family (net.backbone.*), the classifier (model.*, whose head is not loaded).
+BACKBONE_PREFIXES = ("backbone.", "net.backbone.", "model.")
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path, *, backbone: str, in_chans: int) -> int:
+    """Load the backbone weights of a fimvision checkpoint (any family) into the timm ``model``.
+
+    Only the backbone is loaded; the classifier head of ``model`` keeps its initialisation. A
+    checkpoint of another architecture, channel count or token grid raises :class:`CheckpointError`
+    naming what differs. Returns the number of tensors loaded.
+    """
+    blob = read_checkpoint(path, what="backbone_checkpoint")
+    state, saved = blob["state_dict"], dict(blob.get("hyper_parameters") or {})
+    prefix = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p) for k in state)), None)
+    if prefix is None:
+        raise CheckpointError(f"{path} holds no backbone weights (no {', '.join(BACKBONE_PREFIXES)} tensors): it is "
+                              "not a fimvision checkpoint. For other weight files use `weights:` instead of "
+                              "`backbone_checkpoint:`.")
+    if saved.get("backbone", backbone) != backbone:
+        raise CheckpointError(f"{path} was trained with backbone '{saved['backbone']}' (backbone_kwargs "
+                              f"{saved.get('backbone_kwargs')}), but this model is '{backbone}'. Set backbone: "
+                              f"{saved['backbone']} and the same backbone_kwargs.")
+    if saved.get("in_chans", in_chans) != in_chans:
+        raise CheckpointError(f"{path} was trained on {saved['in_chans']}-channel input, but the data gives "
+                              f"{in_chans} channel(s). Use the modality it was trained on "
+                              "(--data.init_args.modality=color|mono, --data.init_args.mono_channels).")
+    head = {name for name, _ in model.get_classifier().named_parameters(prefix=_head_prefix(model))}
+    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    weights = {k: v for k, v in weights.items() if k not in head}
+    target = {k: v for k, v in model.state_dict().items() if k not in head}
+    problems = [f"'{name}' missing from the checkpoint" for name in target if name not in weights]
+    problems += [f"'{name}' is not part of this model" for name in weights if name not in target]
+    problems += [f"'{name}': checkpoint shape {tuple(weights[name].shape)}, model shape {tuple(tensor.shape)}"
+                 for name, tensor in target.items() if name in weights and weights[name].shape != tensor.shape]
+    if problems:
+        more = f" ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise CheckpointError(f"{path} does not fit backbone '{backbone}' with {in_chans}-channel input: "
+                              + "; ".join(problems[:5]) + more + ". Use the backbone, backbone_kwargs (e.g. "
+                              "patch_size) and image_size it was trained with.")
+    model.load_state_dict(weights, strict=False)
+    log.info("loaded %d backbone tensors from %s", len(weights), path)
+    return len(weights)
+
+
+def _head_prefix(model: nn.Module) -> str:
+    """The attribute path of a timm model's classifier head (``fc``, ``head``, ``head.fc``, ...)."""
+    head = model.get_classifier()
+    return next((name for name, module in model.named_modules() if module is head), "")

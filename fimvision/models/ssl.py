@@ -5,12 +5,13 @@ Every method is a small subclass of :class:`SSLModule`, which gives it, as solo-
 - the backbone: any timm CNN or ViT from :func:`fimvision.models.backbones.create_backbone`
   (features only), colour or mono input; saved as ``backbone.*`` in the checkpoint, the weights a
   :class:`~fimvision.models.classifier.ParticleClassifier` loads with ``backbone_checkpoint``;
-- the optimizers (SGD, LARS, AdamW; no weight decay on biases, norms and position embeddings) and a
-  per-step cosine schedule with linear warm-up;
+- the optimizers and schedules of every fimvision model (:class:`~fimvision.models.base.FimvisionTask`;
+  LARS by default here);
 - a momentum (EMA) teacher update on a cosine schedule from ``ema_base`` to ``ema_end`` for methods
   that have a teacher (MoCo, BYOL, DINO);
-- online evaluation: a weighted kNN classifier on normalised backbone features of the labelled
-  validation particles against a bank of labelled training particles (``val_knn_acc``), and a collapse
+- online evaluation: lightly's weighted kNN classifier on normalised backbone features of the labelled
+  validation particles against a bank of labelled training particles (``val_knn_acc``,
+  ``val_knn_balanced_acc``, ``val_knn_f1_macro``), and a collapse
   monitor, ``train_z_std`` / ``val_feature_std``: the std of L2-normalised embeddings per dimension
   times sqrt(dim), 1 when embeddings spread over the sphere evenly, 0 when they have collapsed.
 
@@ -22,14 +23,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
+from lightly.loss import DINOLoss, NTXentLoss
 from lightly.models.modules import (
     BYOLPredictionHead,
     BYOLProjectionHead,
@@ -38,114 +36,58 @@ from lightly.models.modules import (
     SimCLRProjectionHead,
 )
 from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
-from lightly.utils.lars import LARS
+from lightly.utils.benchmarking import knn_predict
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from fimvision.data.ssl_data import SSLDataModule  # noqa: F401  (their data module: registers its short name)
-from fimvision.errors import CheckpointError
-from fimvision.models.backbones import class_names_for, create_backbone
-from fimvision.models.optim import build_optimizer, warmup_cosine_scheduler
+from fimvision.errors import ConfigError
+from fimvision.losses import embedding_std, symmetric_byol_loss
+from fimvision.models.base import FimvisionTask, labelled_metrics
+from fimvision.models.optim import OptimizerName
 
 log = logging.getLogger(__name__)
 
-SSLOptimizerName = Literal["sgd", "lars", "adamw"]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Online evaluation
+def knn_predictions(query: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int, k: int, temperature: float
+                    ) -> Tensor:
+    """Class of each query row by lightly's weighted kNN (InstDisc's ``exp(sim / t)`` votes of the ``k`` most
+    cosine-similar bank rows); ``query`` and ``bank`` L2-normalised."""
+    return knn_predict(query, bank.T.contiguous(), bank_labels, num_classes, knn_k=min(k, len(bank)),
+                       knn_t=temperature)[:, 0]
 
 
-def weighted_knn_scores(query: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int, k: int = 20,
-                        temperature: float = 0.07, exclude_self: bool = False, chunk: int = 1024) -> Tensor:
-    """Class scores (Q, C) of the weighted kNN classifier of InstDisc (Wu et al. 2018) and solo-learn.
-
-    ``query`` (Q, D) and ``bank`` (N, D) must be L2-normalised. Each query's ``k`` most cosine-similar
-    bank entries vote for their class with weight ``exp(sim / temperature)``. ``exclude_self`` (query
-    and bank are the same set) leaves each entry out of its own neighbours.
-    """
-    if exclude_self and query.shape[0] != bank.shape[0]:
-        raise ValueError("exclude_self needs the query and the bank to be the same set")
-    k = min(k, bank.shape[0] - int(exclude_self))
-    if k < 1:
-        raise ValueError("the kNN bank needs at least one entry besides the query")
-    scores = []
-    for start in range(0, query.shape[0], chunk):
-        sim = query[start:start + chunk] @ bank.T
-        if exclude_self:
-            rows = torch.arange(sim.shape[0], device=sim.device)
-            sim[rows, rows + start] = -math.inf
-        top_sim, top_index = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device, dtype=sim.dtype)
-        scores.append(votes.scatter_add_(1, bank_labels[top_index], (top_sim / temperature).exp()))
-    return torch.cat(scores)
-
-
-def embedding_std(z: Tensor) -> Tensor:
-    """Collapse monitor: mean per-dimension std of L2-normalised embeddings (B, D), times sqrt(D).
-
-    About 1 for embeddings spread evenly over the unit sphere, 0 for collapsed ones (all equal).
-    """
-    z = F.normalize(z.detach().float(), dim=1)
-    return z.std(dim=0).mean() * math.sqrt(z.shape[1])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The base
-
-
-class SSLModule(pl.LightningModule):
-    """Base of the self-supervised methods: backbone, optimizers, schedules, EMA and online kNN.
+class SSLModule(FimvisionTask):
+    """Base of the self-supervised methods: backbone, EMA teacher schedule and the online kNN monitor.
 
     Args:
-        backbone: timm model name (resnet18, resnet50, vit_small_patch16_224, vit_tiny_patch16_224, ...).
-        num_classes: monitoring classes (linked from the data module; 0 turns the kNN monitor off).
-        in_chans: input channels (linked from the data module: 3 colour, 1 mono).
-        img_size: input side (linked from the data module; used by ViTs).
-        class_names: monitoring class names (linked from the data module).
-        backbone_kwargs: extra timm arguments, e.g. ``{patch_size: 8}`` or ``{dynamic_img_size: true}``
-            (a ViT that takes DINO's smaller local views).
         optimizer: ``lars`` (SimCLR/BYOL at large batch), ``sgd`` or ``adamw`` (ViTs, DINO).
         lr: peak learning rate.
         weight_decay: weight decay (not on biases, norms, position embeddings and tokens).
-        momentum: SGD/LARS momentum.
-        scheduler: ``cosine`` (per step, after warm-up) or ``none``.
-        warmup_epochs: linear warm-up length in epochs (fractions allowed).
         ema_base: teacher momentum at the start (methods with a teacher).
         ema_end: teacher momentum at the end of training (cosine schedule).
         knn_k: neighbours of the kNN monitor.
         knn_t: temperature of the kNN monitor's ``exp(sim / t)`` weights.
+        **kwargs: the arguments of :class:`~fimvision.models.base.FimvisionTask` (backbone, starting
+            weights, momentum, schedule, and the data-linked num_classes, class_names, in_chans, img_size;
+            num_classes 0 turns the kNN monitor off).
     """
 
-    def __init__(
-        self,
-        backbone: str = "resnet18",
-        num_classes: int = 0,
-        in_chans: int = 3,
-        img_size: int | None = None,
-        class_names: list[str] | None = None,
-        backbone_kwargs: dict[str, Any] | None = None,
-        optimizer: SSLOptimizerName = "lars",
-        lr: float = 0.3,
-        weight_decay: float = 1e-6,
-        momentum: float = 0.9,
-        scheduler: Literal["cosine", "none"] = "cosine",
-        warmup_epochs: float = 1.0,
-        ema_base: float = 0.99,
-        ema_end: float = 1.0,
-        knn_k: int = 20,
-        knn_t: float = 0.07,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.class_names = class_names_for(num_classes, class_names)
-        self.backbone = create_backbone(backbone, in_chans=in_chans, num_classes=0, img_size=img_size,
-                                        **(backbone_kwargs or {}))
-        self.feature_dim: int = self.backbone.num_features
-        self.build_heads()
+    train_on = "views"
+
+    def __init__(self, optimizer: OptimizerName = "lars", lr: float = 0.3, weight_decay: float = 1e-6,
+                 ema_base: float = 0.99, ema_end: float = 1.0, knn_k: int = 20, knn_t: float = 0.07,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("num_classes", 0)
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, **kwargs)
         self._val_features: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     # --- what a method provides ------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        self.backbone = self.build_backbone(num_classes=0)
+        self.feature_dim: int = self.backbone.num_features
+        self.build_heads()
 
     def build_heads(self) -> None:
         """Create the method's heads, losses and teacher networks."""
@@ -159,16 +101,21 @@ class SSLModule(pl.LightningModule):
         """(online, teacher) module pairs updated by EMA before every training step; none by default."""
         return []
 
-    # --- shared machinery ------------------------------------------------------------------------------
+    def configure_metrics(self) -> None:
+        n = self.hparams.num_classes
+        self.val_metrics = self.test_metrics = None
+        self.knn_metrics = labelled_metrics(n).clone(prefix="val_knn_") if n >= 2 else None
 
+    # --- shared machinery ------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """Backbone features (B, feature_dim)."""
         return self.backbone(x)
 
-    @property
-    def total_steps(self) -> int:
-        trainer = getattr(self, "_trainer", None)
-        return max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
+    def synthetic_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
+        batch = super().synthetic_batch(batch_size, generator)
+        x = batch["image"]
+        batch["image"] = [x, x.flip(-1) + 0.1 * torch.randn(x.shape, generator=generator)]
+        return batch
 
     def ema_momentum(self) -> float:
         """Teacher momentum at the current step: cosine from ``ema_base`` to ``ema_end``."""
@@ -210,37 +157,21 @@ class SSLModule(pl.LightningModule):
         loaders = sorted(self._val_features)
         query, query_labels = self._gathered(loaders[-1])
         self.log("val_feature_std", embedding_std(query), sync_dist=False)
-        if self.hparams.num_classes > 0:
-            if len(loaders) > 1:  # [bank, query]
-                bank, bank_labels = self._gathered(loaders[0])
-                scores = weighted_knn_scores(query, bank, bank_labels, self.hparams.num_classes,
-                                             self.hparams.knn_k, self.hparams.knn_t)
-            else:  # validation labels only: leave-one-out within the validation set
-                scores = weighted_knn_scores(query, query, query_labels, self.hparams.num_classes,
-                                             self.hparams.knn_k, self.hparams.knn_t, exclude_self=True)
-            accuracy = (scores.argmax(dim=1) == query_labels).float().mean()
-            self.log("val_knn_acc", accuracy, prog_bar=True)
+        if self.knn_metrics is not None and len(loaders) > 1:  # [bank, query]
+            bank, bank_labels = self._gathered(loaders[0])
+            predicted = knn_predictions(query, bank, bank_labels, self.hparams.num_classes, self.hparams.knn_k,
+                                        self.hparams.knn_t)
+            self.knn_metrics.update(predicted, query_labels)
+            self.log_dict(self.knn_metrics.compute(), prog_bar=True)
+            self.knn_metrics.reset()
         self._val_features.clear()
 
-    def _param_groups(self) -> list[dict]:
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            plain = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token"))
-            (no_decay if plain else decay).append(param)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        raise ConfigError(f"{type(self).__name__} is a self-supervised model without a classifier: test a linear "
+                          "probe or fine-tuned classifier of it (configs/ssl/linear_probe_*.yaml, "
+                          "--model.init_args.backbone_checkpoint=...).")
 
-    def configure_optimizers(self):
-        h = self.hparams
-        groups = self._param_groups()
-        if h.optimizer == "lars":
-            optimizer = LARS(groups, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
-        else:
-            optimizer = build_optimizer(groups, h.optimizer, h.lr, h.weight_decay, h.momentum)
-        if h.scheduler == "none":
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_scheduler(optimizer, self.trainer, h.warmup_epochs)}
+    predict_step = test_step
 
 
 def _teacher(module: nn.Module) -> nn.Module:
@@ -266,13 +197,12 @@ class SimCLR(SSLModule):
 
     def __init__(self, temperature: float = 0.2, proj_hidden_dim: int = 512, proj_output_dim: int = 128,
                  **kwargs: Any) -> None:
-        self.temperature = temperature
-        self.proj_dims = (proj_hidden_dim, proj_output_dim)
         super().__init__(**kwargs)
 
     def build_heads(self) -> None:
-        self.projection = SimCLRProjectionHead(self.feature_dim, *self.proj_dims)
-        self.criterion = NTXentLoss(temperature=self.temperature)
+        h = self.hparams
+        self.projection = SimCLRProjectionHead(self.feature_dim, h.proj_hidden_dim, h.proj_output_dim)
+        self.criterion = NTXentLoss(temperature=h.temperature)
 
     def ssl_loss(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
         # Both views in one pass: one batch-norm statistic over 2B images, as in SimCLR, and faster.
@@ -294,15 +224,14 @@ class MoCo(SSLModule):
 
     def __init__(self, temperature: float = 0.2, queue_size: int = 4096, proj_hidden_dim: int = 512,
                  proj_output_dim: int = 128, **kwargs: Any) -> None:
-        self.temperature, self.queue_size = temperature, queue_size
-        self.proj_dims = (proj_hidden_dim, proj_output_dim)
         super().__init__(**kwargs)
 
     def build_heads(self) -> None:
-        self.projection = MoCoProjectionHead(self.feature_dim, *self.proj_dims)
+        h = self.hparams
+        self.projection = MoCoProjectionHead(self.feature_dim, h.proj_hidden_dim, h.proj_output_dim)
         self.backbone_key = _teacher(self.backbone)
         self.projection_key = _teacher(self.projection)
-        self.criterion = NTXentLoss(temperature=self.temperature, memory_bank_size=(self.queue_size, self.proj_dims[1]))
+        self.criterion = NTXentLoss(temperature=h.temperature, memory_bank_size=(h.queue_size, h.proj_output_dim))
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.backbone_key), (self.projection, self.projection_key)]
@@ -311,10 +240,10 @@ class MoCo(SSLModule):
         # A queue longer than the pretraining set holds stale keys of each query's own particle as negatives.
         data = getattr(self.trainer, "datamodule", None)
         train = getattr(data, "datasets", {}).get("train")
-        if train is not None and self.queue_size >= len(train):
+        if train is not None and self.hparams.queue_size >= len(train):
             log.warning("MoCo queue_size %d is not smaller than the %d pretraining particles: negatives then "
                         "include old keys of each particle itself. Use a queue_size well below the set size.",
-                        self.queue_size, len(train))
+                        self.hparams.queue_size, len(train))
 
     @torch.no_grad()
     def _keys(self, x: Tensor) -> Tensor:
@@ -339,16 +268,14 @@ class BYOL(SSLModule):
     """
 
     def __init__(self, proj_hidden_dim: int = 1024, proj_output_dim: int = 256, **kwargs: Any) -> None:
-        self.proj_dims = (proj_hidden_dim, proj_output_dim)
         super().__init__(**kwargs)
 
     def build_heads(self) -> None:
-        hidden, out = self.proj_dims
+        hidden, out = self.hparams.proj_hidden_dim, self.hparams.proj_output_dim
         self.projection = BYOLProjectionHead(self.feature_dim, hidden, out)
         self.prediction = BYOLPredictionHead(out, hidden, out)
         self.backbone_target = _teacher(self.backbone)
         self.projection_target = _teacher(self.projection)
-        self.criterion = NegativeCosineSimilarity()
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.backbone_target), (self.projection, self.projection_target)]
@@ -359,7 +286,7 @@ class BYOL(SSLModule):
         p0, p1 = self.prediction(z).chunk(2)
         with torch.no_grad():
             t0, t1 = self.projection_target(self.backbone_target(x)).chunk(2)
-        return 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0)), z.chunk(2)[0]
+        return symmetric_byol_loss(p0, p1, t0, t1), z.chunk(2)[0]
 
 
 class DINO(SSLModule):
@@ -384,29 +311,27 @@ class DINO(SSLModule):
     def __init__(self, proj_hidden_dim: int = 1024, bottleneck_dim: int = 128, output_dim: int = 2048,
                  student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04,
                  warmup_teacher_temp_epochs: int = 0, freeze_last_layer_epochs: int = 1, **kwargs: Any) -> None:
-        self.head_dims = (proj_hidden_dim, bottleneck_dim, output_dim)
-        self.temps = (student_temp, teacher_temp, warmup_teacher_temp, warmup_teacher_temp_epochs)
-        self.freeze_last_layer_epochs = freeze_last_layer_epochs
         super().__init__(**kwargs)
 
     def build_heads(self) -> None:
-        self.head = DINOProjectionHead(self.feature_dim, *self.head_dims,
-                                       freeze_last_layer=self.freeze_last_layer_epochs)
+        h = self.hparams
+        dims = (h.proj_hidden_dim, h.bottleneck_dim, h.output_dim)
+        self.head = DINOProjectionHead(self.feature_dim, *dims, freeze_last_layer=h.freeze_last_layer_epochs)
         self.backbone_teacher = _teacher(self.backbone)
         # A weight-normed head cannot be deep-copied: build the teacher's and copy the weights.
-        self.head_teacher = DINOProjectionHead(self.feature_dim, *self.head_dims)
+        self.head_teacher = DINOProjectionHead(self.feature_dim, *dims)
         self.head_teacher.load_state_dict(self.head.state_dict())
         deactivate_requires_grad(self.head_teacher)
-        student_temp, teacher_temp, _, _ = self.temps
-        self.criterion = DINOLoss(output_dim=self.head_dims[2], student_temp=student_temp, teacher_temp=teacher_temp,
-                                  warmup_teacher_temp=teacher_temp, warmup_teacher_temp_epochs=1)
+        self.criterion = DINOLoss(output_dim=h.output_dim, student_temp=h.student_temp, teacher_temp=h.teacher_temp,
+                                  warmup_teacher_temp=h.teacher_temp, warmup_teacher_temp_epochs=1)
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.backbone_teacher), (self.head, self.head_teacher)]
 
     def teacher_temperature(self) -> float:
         """Linear warm-up from ``warmup_teacher_temp`` to ``teacher_temp`` over the warm-up epochs."""
-        _, teacher_temp, warmup_temp, warmup_epochs = self.temps
+        h = self.hparams
+        teacher_temp, warmup_temp, warmup_epochs = h.teacher_temp, h.warmup_teacher_temp, h.warmup_teacher_temp_epochs
         if self.current_epoch >= warmup_epochs:
             return teacher_temp
         return warmup_temp + (teacher_temp - warmup_temp) * self.current_epoch / warmup_epochs
@@ -424,52 +349,3 @@ class DINO(SSLModule):
 
     def on_after_backward(self) -> None:
         self.head.cancel_last_layer_gradients(self.current_epoch)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Downstream: the pretrained backbone in a classifier
-
-
-def load_backbone_weights(model: nn.Module, path: str | Path, *, backbone: str, in_chans: int) -> int:
-    """Load the ``backbone.*`` weights of a self-supervised checkpoint into the timm ``model``.
-
-    Only the backbone is loaded; the classifier head of ``model`` keeps its initialisation. A
-    checkpoint of another architecture, channel count or token grid raises :class:`CheckpointError`
-    naming what differs. Returns the number of tensors loaded.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"backbone_checkpoint {path} does not exist. Give the last.ckpt (or another "
-                              "checkpoint) of a self-supervised run, e.g. runs/ssl/.../checkpoints/last.ckpt.")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"cannot read backbone_checkpoint {path} ({type(err).__name__}: {err}).") from err
-    state = blob.get("state_dict", {}) if isinstance(blob, dict) else {}
-    saved = (blob.get("hyper_parameters") or {}) if isinstance(blob, dict) else {}
-    weights = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
-    if not weights:
-        raise CheckpointError(f"{path} holds no 'backbone.*' weights: it is not a fimvision self-supervised "
-                              "checkpoint. For other weight files use `weights:` instead of `backbone_checkpoint:`.")
-    if saved.get("backbone", backbone) != backbone:
-        raise CheckpointError(f"{path} was pretrained with backbone '{saved['backbone']}' "
-                              f"(backbone_kwargs {saved.get('backbone_kwargs')}), but this model is '{backbone}'. "
-                              f"Set backbone: {saved['backbone']} and the same backbone_kwargs.")
-    if saved.get("in_chans", in_chans) != in_chans:
-        raise CheckpointError(f"{path} was pretrained on {saved['in_chans']}-channel input, but the data gives "
-                              f"{in_chans} channel(s). Use the modality it was pretrained on "
-                              "(--data.init_args.modality=color|mono, --data.init_args.mono_channels).")
-    head = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
-    target = {name: tensor for name, tensor in model.state_dict(keep_vars=True).items() if id(tensor) not in head}
-    problems = [f"'{name}' missing from the checkpoint" for name in target if name not in weights]
-    problems += [f"'{name}' is not part of this model" for name in weights if name not in target]
-    problems += [f"'{name}': checkpoint shape {tuple(weights[name].shape)}, model shape {tuple(tensor.shape)}"
-                 for name, tensor in target.items() if name in weights and weights[name].shape != tensor.shape]
-    if problems:
-        more = f" ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise CheckpointError(f"{path} does not fit backbone '{backbone}' with {in_chans}-channel input: "
-                              + "; ".join(problems[:5]) + more + ". Use the backbone, backbone_kwargs (e.g. "
-                              "patch_size) and image_size it was pretrained with.")
-    model.load_state_dict(weights, strict=False)
-    log.info("loaded %d backbone tensors from %s", len(weights), path)
-    return len(weights)

@@ -1,33 +1,31 @@
 """`fimvision-sfda --config FILE`: the few-shot source-free adaptation grid.
 
 Runs methods x shots x seeds x source->target pairs under the protocol of
-:class:`fimvision.data.domains.DomainDataModule` and writes ``results.csv`` (one row a run, appended as
-runs finish, so an interrupted grid resumes), ``summary.csv`` and ``summary.md`` (mean ± sample std over
-seeds) and ``accuracy_vs_shots.png``. The grid logic (planning, running one run, summarising) is kept
-apart from the methods, which are the ordinary LightningModules of :mod:`fimvision.models.adaptation`.
+:class:`fimvision.data.domains.DomainDataModule`. Every run is an ordinary `fimvision fit` and `test`
+(the same CLI code, so each run folder holds the config.yaml that repeats it) on an entry config and a
+model file; its row goes to ``results.csv`` as it finishes, so an interrupted grid resumes. Then
+``summary.csv`` and ``summary.md`` (mean ± sample std over seeds) and ``accuracy_vs_shots.png``.
 
-The grid YAML::
+The grid file (typed: unknown keys and wrong types are refused; paths are relative to the file)::
 
-    data: {root: ..., image_size: 32, in_chans: 1}     # DomainDataModule arguments shared by all runs
-    pairs: [[MNIST, USPS]]                            # source, target
+    config: ../mnist_usps.yaml                      # entry config: seed, trainer, data
+    pairs: [[MNIST, USPS]]                          # source, target
     seeds: [0, 1, 2]
     shots: [1, 3, 5, 10]
-    source: {max_epochs: 10, per_seed: true, model: {backbone: test_resnet, lr: 0.003}}
+    source: {model: ../models/source_small_cnn.yaml, args: [--trainer.max_epochs=8], per_seed: true}
     methods:
-      source_only: {}                                 # the source model on the target test part
-      ft: {class_path: FewShotFinetune, init_args: {adapt: all, steps: 1000}}
-      shot: {class_path: SHOT, max_epochs: 10}        # methods without shots run once per seed
+      source_only: {}                               # the source model on the target test part
+      ft: {model: ../models/ft_all.yaml, args: [--model.init_args.steps=200]}
+      shot: {model: ../models/shot.yaml, args: [--trainer.max_epochs=5]}   # no shots: once per seed
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,52 +33,62 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from fimvision.console import make_parser, quiet_third_party, run_main
-from fimvision.errors import FimvisionError
+from fimvision.console import make_parser, one_line, quiet_third_party, run_main
+from fimvision.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 KEY = ("source", "target", "scenario", "method", "n_shot", "seed")
 # results.csv columns, fixed so rows from every kind of method append to one table.
-COLUMNS = (*KEY, "test_acc", "test_balanced_acc", "cpu_min", "wall_min", "n_test", "steps", "selected",
-           "val_snd", "val_im")
+COLUMNS = (*KEY, "test_acc", "test_balanced_acc", "test_f1_macro", "cpu_min", "wall_min", "n_test", "steps",
+           "selected", "val_snd", "val_im", "run_dir")
+# Every grid run is quiet and checkpoints into its own folder; the same arguments make the same `fimvision fit`.
+RUN_ARGS = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
 
 
 @dataclass
-class MethodSpec:
-    """One method of the grid: an adaptation LightningModule (``class_path`` None: the source model itself)."""
+class Step:
+    """One kind of run of the grid.
 
-    name: str
-    class_path: str | None = None
-    init_args: dict[str, Any] = field(default_factory=dict)
-    max_epochs: int = 10
+    Args:
+        model: model file (relative to the grid file); none for the source-only baseline.
+        args: further `fimvision` arguments of these runs (e.g. ``--trainer.max_epochs=5``).
+    """
 
-    def module_class(self):
-        from fimvision.models import adaptation
+    model: str | None = None
+    args: list[str] = field(default_factory=list)
 
-        if self.class_path is None:
-            return None
-        name = self.class_path.rsplit(".", 1)[-1]
-        cls = getattr(adaptation, name, None)
-        if cls is None:
-            raise FimvisionError(f"method '{self.name}': unknown class_path '{self.class_path}'. Use FewShotFinetune, "
-                                 "SHOT, NRC or AaD (or leave it out for the source-only baseline).")
-        return cls
 
-    @property
-    def uses_shots(self) -> bool:
-        cls = self.module_class()
-        return cls is not None and getattr(cls, "train_on", None) == "fewshot"
+@dataclass
+class SourceStep(Step):
+    """The source model a pair's methods start from.
+
+    Args:
+        per_seed: train one source model per seed (otherwise the first seed's serves all).
+    """
+
+    per_seed: bool = True
 
 
 @dataclass
 class GridConfig:
-    data: dict[str, Any]
+    """A few-shot source-free adaptation grid (see the module docstring).
+
+    Args:
+        config: the entry config of every run (seed, trainer, data; relative to the grid file).
+        pairs: [source, target] domains.
+        source: the source model step.
+        methods: name -> step (``{}``: the source-only baseline).
+        seeds: seeds (of the data split, the few-shot draw and training).
+        shots: labelled target images per class for few-shot methods.
+    """
+
+    config: str
     pairs: list[tuple[str, str]]
-    methods: list[MethodSpec]
+    source: SourceStep
+    methods: dict[str, Step]
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     shots: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
-    source: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,53 +106,76 @@ class Run:
 
 
 def load_grid(path: str | Path) -> GridConfig:
-    """Read and check a grid YAML (see the module docstring)."""
+    """Read and check a grid file; its paths come back absolute."""
+    from jsonargparse import ArgumentParser
+
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise FimvisionError(f"cannot read grid config {path} ({err}).") from err
-    unknown = set(raw) - {"data", "pairs", "methods", "seeds", "shots", "source"}
-    if unknown or not {"data", "pairs", "methods"} <= set(raw):
-        raise FimvisionError(f"{path}: a grid config has keys data, pairs, methods (required) and seeds, shots, "
-                             f"source; unknown: {sorted(unknown)}, missing: {sorted({'data', 'pairs', 'methods'} - set(raw))}.")
-    pairs = []
-    for pair in raw["pairs"]:
-        if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            raise FimvisionError(f"{path}: each entry of 'pairs' is [source, target], got {pair!r}.")
-        pairs.append((str(pair[0]), str(pair[1])))
-    methods = []
-    for name, spec in (raw["methods"] or {}).items():
-        spec = spec or {}
-        bad = set(spec) - {"class_path", "init_args", "max_epochs"}
-        if bad:
-            raise FimvisionError(f"{path}: method '{name}' has unknown key(s) {sorted(bad)} "
-                                 "(use class_path, init_args, max_epochs).")
-        methods.append(MethodSpec(name, spec.get("class_path"), dict(spec.get("init_args") or {}),
-                                  int(spec.get("max_epochs", 10))))
-    config = GridConfig(dict(raw["data"]), pairs, methods, [int(s) for s in raw.get("seeds", [0, 1, 2])],
-                        [int(s) for s in raw.get("shots", [1, 3, 5, 10])], dict(raw.get("source") or {}))
-    for method in methods:
-        method.module_class()  # fail early on a wrong class name
+        raise ConfigError(f"cannot read grid config {path} ({one_line(err)}).") from err
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--grid", type=GridConfig)
+    try:
+        config = parser.instantiate_classes(parser.parse_object({"grid": raw})).grid
+    except Exception as err:  # jsonargparse reports unknown keys and wrong types
+        from fimvision.cli import describe_parse_error
+
+        raise ConfigError(f"{path}: {describe_parse_error(err, None)}") from err
+    here = path.resolve().parent
+    config.config = str(_existing(here / config.config, path, "config"))
+    for name, step in [("source", config.source), *config.methods.items()]:
+        if step.model:
+            step.model = str(_existing(here / step.model, path, f"{name}.model"))
+    for name, step in config.methods.items():
+        method_class(step, name)  # fail early on a wrong class name
     return config
+
+
+def _existing(file: Path, grid: Path, key: str) -> Path:
+    if not file.is_file():
+        raise ConfigError(f"{grid}, key '{key}': {file} does not exist (paths are relative to the grid file).")
+    return file
+
+
+def method_class(step: Step, name: str) -> type | None:
+    """The LightningModule class a step's model file names (None for the source-only baseline)."""
+    if step.model is None:
+        return None
+    import pytorch_lightning as pl
+    from jsonargparse._typehints import resolve_class_path_by_name
+
+    import fimvision.models.adaptation  # noqa: F401  (registers the short names)
+
+    class_path = (yaml.safe_load(Path(step.model).read_text()) or {}).get("class_path", "")
+    try:
+        module, _, cls = resolve_class_path_by_name(pl.LightningModule, class_path).rpartition(".")
+        return getattr(__import__(module, fromlist=[cls]), cls)
+    except Exception as err:
+        raise ConfigError(f"method '{name}': unknown class_path '{class_path}' in {step.model}. Use FewShotFinetune, "
+                          "SHOT, NRC or AaD (or no model for the source-only baseline).") from err
 
 
 def plan_runs(config: GridConfig) -> list[Run]:
     """Every run of the grid: few-shot methods once per shot count, the others once (n_shot 0)."""
-    scenario = str(config.data.get("scenario", "standard"))
+    data = (yaml.safe_load(Path(config.config).read_text()) or {}).get("data", {})
+    if isinstance(data, str):
+        data = yaml.safe_load((Path(config.config).parent / data).read_text())
+    scenario = str((data.get("init_args") or {}).get("scenario", "standard"))
     runs = []
     for source, target in config.pairs:
         for seed in config.seeds:
-            for method in config.methods:
-                for n_shot in (config.shots if method.uses_shots else [0]):
-                    runs.append(Run(source, target, scenario, method.name, n_shot, seed))
+            for name, step in config.methods.items():
+                few_shot = getattr(method_class(step, name), "train_on", None) == "fewshot"
+                for n_shot in (config.shots if few_shot else [0]):
+                    runs.append(Run(source, target, scenario, name, n_shot, seed))
     return runs
 
 
 def summarise(results: pd.DataFrame, metrics: tuple[str, ...] = ("test_acc", "test_balanced_acc")) -> pd.DataFrame:
     """Mean, sample standard deviation (ddof 1) and count over seeds for each pair, method and n_shot."""
     groups = results.groupby(["source", "target", "scenario", "method", "n_shot"], sort=False)
-    table = groups[list(metrics) + ["cpu_min"]].agg(["mean", "std", "count"])
+    table = groups[[*metrics, "cpu_min"]].agg(["mean", "std", "count"])
     table.columns = [f"{m}_{s}" for m, s in table.columns]
     return table.reset_index()
 
@@ -193,89 +224,74 @@ def plot_summary(summary: pd.DataFrame, path: Path, metric: str = "test_acc") ->
 
 
 class GridRunner:
-    """Runs a grid's runs one after another in this process, reusing one source model per pair (and seed)."""
+    """Runs a grid's runs one after another through the `fimvision` CLI, training one source model per pair
+    (and seed)."""
 
-    def __init__(self, config: GridConfig, out: str | Path, fast_dev_run: bool = False,
-                 progress: bool = True) -> None:
-        self.config, self.out, self.fast_dev_run, self.progress = config, Path(out), fast_dev_run, progress
+    def __init__(self, config: GridConfig, out: str | Path, fast_dev_run: bool = False) -> None:
+        self.config, self.out, self.fast_dev_run = config, Path(out), fast_dev_run
 
-    def datamodule(self, run: Run):
-        from fimvision.data.domains import DomainDataModule
-
-        args = {**self.config.data, "source": run.source, "target": run.target, "seed": run.seed,
-                "n_shot": max(1, run.n_shot), "train_on": "auto"}
-        return DomainDataModule(**args)
-
-    def trainer(self, folder: Path, max_epochs: int, monitor: bool):
-        import pytorch_lightning as pl
-
-        callbacks = [pl.callbacks.ModelCheckpoint(dirpath=folder / "checkpoints", monitor="val_loss", mode="min",
-                                                  filename="best-{step}")] if monitor else []
-        return pl.Trainer(max_epochs=max_epochs, default_root_dir=folder, accelerator="auto", devices=1,
-                          logger=pl.loggers.CSVLogger(folder, name="", version=""), callbacks=callbacks,
-                          enable_progress_bar=False, enable_model_summary=False, fast_dev_run=self.fast_dev_run,
-                          log_every_n_steps=10)
+    def args(self, step: Step, run: Run, folder: Path) -> list[str]:
+        """The `fimvision` arguments of ``run``'s ``step``, writing into ``folder``."""
+        args = ["--config", self.config.config, *(["--model", step.model] if step.model else []),
+                f"--seed_everything={run.seed}", f"--data.init_args.source={run.source}",
+                f"--data.init_args.target={run.target}", f"--data.init_args.seed={run.seed}",
+                f"--data.init_args.n_shot={max(1, run.n_shot)}", f"--trainer.logger.init_args.save_dir={folder.parent}",
+                "--trainer.logger.init_args.name=", f"--trainer.logger.init_args.version={folder.name}",
+                f"--trainer.default_root_dir={folder}",
+                *RUN_ARGS, *step.args]
+        return [*args, "--trainer.fast_dev_run=true"] if self.fast_dev_run else args
 
     def source_checkpoint(self, run: Run) -> Path:
-        """Train (once) the source model of a run's pair and seed; ``per_seed: false`` shares seed 0's."""
-        import pytorch_lightning as pl
-
-        from fimvision.models.adaptation import SourceModel
+        """Train (once) the source model of a run's pair and seed; ``per_seed: false`` shares the first seed's."""
+        from fimvision.cli import build_cli
 
         spec = self.config.source
-        seed = run.seed if spec.get("per_seed", True) else self.config.seeds[0]
-        folder = self.out / "sources" / Run(run.source, run.target, run.scenario, "source", 0, seed).folder()
+        seed = run.seed if spec.per_seed else self.config.seeds[0]
+        source_run = Run(run.source, run.target, run.scenario, "source", 0, seed)
+        folder = self.out / "sources" / source_run.folder()
         done = folder / "source.ckpt"
         if done.is_file():
             return done
-        pl.seed_everything(seed, workers=True)
-        dm = self.datamodule(Run(run.source, run.target, run.scenario, "source", 0, seed))
-        model = SourceModel(num_classes=dm.num_classes, class_names=dm.classes, in_chans=dm.in_chans,
-                            img_size=dm.image_size, **spec.get("model", {}))
-        trainer = self.trainer(folder, int(spec.get("max_epochs", 10)), monitor=True)
-        start = time.process_time()
-        trainer.fit(model, dm)
-        if self.fast_dev_run:  # no checkpoint was written: keep the (one-step) model itself
-            trainer.save_checkpoint(done)
-        else:  # the epoch with the lowest source validation loss
-            shutil.copyfile(trainer.checkpoint_callback.best_model_path, done)
-        (folder / "source.json").write_text(json.dumps({"cpu_min": (time.process_time() - start) / 60}))
+        shutil.rmtree(folder, ignore_errors=True)  # a crashed attempt
+        cli = build_cli(["fit", *self.args(spec, source_run, folder)])
+        best = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+        if best:  # the epoch with the lowest source validation loss
+            shutil.copyfile(best, done)
+        else:  # fast_dev_run writes no checkpoint: keep the (one-step) model itself
+            cli.trainer.save_checkpoint(done)
         return done
 
     def run(self, run: Run) -> dict[str, Any]:
-        """One run: adapt (or not) and evaluate on the target test part; returns the results row."""
-        import pytorch_lightning as pl
+        """One run: adapt (or not) and test on the target test part; returns the results row."""
+        from fimvision.cli import build_cli
 
-        method = next(m for m in self.config.methods if m.name == run.method)
+        step = self.config.methods[run.method]
         checkpoint = self.source_checkpoint(run)
         folder = self.out / "runs" / run.folder()
-        pl.seed_everything(run.seed, workers=True)
-        dm = self.datamodule(run)
-        cls = method.module_class()
+        shutil.rmtree(folder, ignore_errors=True)  # a crashed attempt
         start, wall = time.process_time(), time.perf_counter()
         extra: dict[str, Any] = {}
-        if cls is None:
-            from fimvision.models.adaptation import SourceModel
-
-            model = SourceModel.load_from_checkpoint(checkpoint, map_location="cpu")
-            trainer = self.trainer(folder, 1, monitor=False)
-            ckpt = None
+        if step.model is None:  # source-only: the source model on the target test part
+            model = self.config.source.model
+            cli = build_cli(["test", *self.args(Step(model, self.config.source.args), run, folder),
+                             f"--ckpt_path={checkpoint}"])
         else:
-            model = cls(source_checkpoint=str(checkpoint), num_classes=dm.num_classes, class_names=dm.classes,
-                        in_chans=dm.in_chans, img_size=dm.image_size, **method.init_args)
-            few_shot = getattr(cls, "train_on", None) == "fewshot"
-            trainer = self.trainer(folder, method.max_epochs, monitor=few_shot)
-            trainer.fit(model, dm)
+            cli = build_cli(["fit", *self.args(step, run, folder), f"--model.init_args.source_checkpoint={checkpoint}"])
+            trainer = cli.trainer
             extra = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_snd", "val_im")}
-            ckpt = None if self.fast_dev_run else "best"
-            if ckpt and not trainer.checkpoint_callback.best_model_path:
-                ckpt = "last"
-            extra["selected"] = Path(trainer.checkpoint_callback.best_model_path or "").name if not self.fast_dev_run else ""
-            extra["steps"] = trainer.global_step
-        metrics = trainer.test(model, dm, ckpt_path=ckpt, verbose=False)[0]
-        return {**run.__dict__, "test_acc": metrics["test_acc"], "test_balanced_acc": metrics["test_balanced_acc"],
+            selected = ""
+            if trainer.checkpoint_callback is not None:
+                selected = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+            extra.update(steps=trainer.global_step, selected=Path(selected).name)
+            if self.fast_dev_run:  # no checkpoint: test the model in memory
+                trainer.test(cli.model, cli.datamodule, verbose=False)
+            else:
+                cli = build_cli(["test", *self.args(step, run, folder), f"--ckpt_path={selected}",
+                                 f"--model.init_args.source_checkpoint={checkpoint}"])
+        metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+        return {**run.__dict__, **{k: metrics.get(k) for k in ("test_acc", "test_balanced_acc", "test_f1_macro")},
                 "cpu_min": (time.process_time() - start) / 60, "wall_min": (time.perf_counter() - wall) / 60,
-                "n_test": len(dm.split.test), **extra}
+                "n_test": len(cli.datamodule.split.test), "run_dir": str(folder), **extra}
 
     def run_all(self, runs: list[Run]) -> pd.DataFrame:
         from tqdm.auto import tqdm
@@ -287,7 +303,7 @@ class GridRunner:
         todo = [r for r in runs if tuple(str(getattr(r, k)) for k in KEY) not in finished]
         if len(todo) < len(runs):
             log.info("%s: %d of %d runs already done, running %d", results_path, len(runs) - len(todo), len(runs), len(todo))
-        for run in tqdm(todo, desc="sfda grid", unit="run", disable=not self.progress):
+        for run in tqdm(todo, desc="sfda grid", unit="run"):
             row = self.run(run)
             pd.DataFrame([row]).reindex(columns=list(COLUMNS)).to_csv(results_path, mode="a", header=not results_path.is_file(), index=False)
             log.info("%s: test_acc %.4f (%.2f CPU min)", run.folder(), row["test_acc"], row["cpu_min"])
@@ -313,24 +329,23 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", help="run only these methods (names in the config)")
     parser.add_argument("--shots", nargs="+", type=int, help="override the config's shots")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the config's seeds")
-    parser.add_argument("--root", help="override data.root (the .mat file, dataset or domains folder)")
+    parser.add_argument("--root", help="override data.init_args.root (the .mat file, dataset or domains folder)")
     parser.add_argument("--fast-dev-run", action="store_true", help="one batch per run: check the grid runs")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
     os.environ.setdefault("WANDB_MODE", "disabled")
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
     config = load_grid(args.config)
     if args.methods:
-        missing = sorted(set(args.methods) - {m.name for m in config.methods})
+        missing = sorted(set(args.methods) - set(config.methods))
         if missing:
-            raise FimvisionError(f"--methods {missing} are not in {args.config} "
-                                 f"({[m.name for m in config.methods]}).")
-        config.methods = [m for m in config.methods if m.name in args.methods]
+            raise ConfigError(f"--methods {missing} are not in {args.config} ({list(config.methods)}).")
+        config.methods = {name: step for name, step in config.methods.items() if name in args.methods}
     config.shots = args.shots or config.shots
     config.seeds = args.seeds or config.seeds
     if args.root:
-        config.data["root"] = args.root
+        for step in [config.source, *config.methods.values()]:
+            step.args = [*step.args, f"--data.init_args.root={args.root}"]
     out = Path(args.out)
     results = GridRunner(config, out, fast_dev_run=args.fast_dev_run).run_all(plan_runs(config))
     print(write_report(results, out))

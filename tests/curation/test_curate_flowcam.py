@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fimvision.curation.errors import CurationError
 from fimvision.curation.flowcam import curate_flowcam, find_run, read_cla, read_lst
-from fimvision.curation.imageio import read_image
+from fimvision.errors import CurationError
+from fimvision.imageio import read_image
 
 
 def _manifest(root: Path) -> pd.DataFrame:

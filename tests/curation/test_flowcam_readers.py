@@ -8,17 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.flowcam import (
-    LST_NAMES,
-    derive_features,
-    find_run,
-    normalise_header,
-    read_cla,
-    read_ctx,
-    read_flowcam_csv,
-    read_lst,
-)
+from fimvision.curation.flowcam import find_run, read_cla, read_ctx, read_flowcam_csv, read_lst
+from fimvision.curation.flowcam.curate import derive_features
+from fimvision.curation.flowcam.formats import LST_NAMES, normalise_header
+from fimvision.errors import CurationError
 
 
 def _lines(path: Path) -> list[str]:

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from fimvision.curation.collages import find_tiles, lst_boxes
-from fimvision.curation.errors import CurationError
 from fimvision.curation.flowcam import curate_flowcam, find_run, read_cla, read_ctx, read_lst
 from fimvision.curation.flowcam_writer import write_flowcam_run, write_flowcam_runs
-from fimvision.curation.imageio import read_image
+from fimvision.errors import CurationError
+from fimvision.imageio import read_image
 
 
 @pytest.fixture(scope="module")

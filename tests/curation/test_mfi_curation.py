@@ -11,9 +11,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.imageio import read_image
 from fimvision.curation.mfi import curate_mfi, find_frames, mfi_column, read_mfi_csv
+from fimvision.errors import CurationError
+from fimvision.imageio import read_image
 
 FRAME = (240, 320)  # height, width
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from fimvision.curation.collages import split_collages
-from fimvision.curation.errors import CurationError
 from fimvision.curation.preview import _square, montage, preview
+from fimvision.errors import CurationError
 
 
 def _coloured_pixels(path) -> int:

@@ -9,8 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fimvision.curation.errors import CurationError
-from fimvision.curation.imageio import write_png
 from fimvision.curation.qc import (
     FilterSettings,
     class_balance,
@@ -21,6 +19,8 @@ from fimvision.curation.qc import (
     phash,
     sharpness,
 )
+from fimvision.errors import CurationError
+from fimvision.imageio import write_png
 
 
 @pytest.fixture

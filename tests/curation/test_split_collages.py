@@ -15,9 +15,9 @@ from fimvision.curation.collages import (
     lst_boxes,
     split_collages,
 )
-from fimvision.curation.errors import CurationError
 from fimvision.curation.flowcam import find_run, read_lst
-from fimvision.curation.imageio import read_image
+from fimvision.errors import CurationError
+from fimvision.imageio import read_image
 
 
 def test_colour_collages_give_exactly_the_lst_particles(vs4_runs):

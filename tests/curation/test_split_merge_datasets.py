@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fimvision.curation.errors import CurationError
 from fimvision.curation.merge import merge_datasets
 from fimvision.curation.splits import split_dataset
+from fimvision.errors import CurationError
 
 
 @pytest.fixture(scope="module")

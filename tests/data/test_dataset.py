@@ -8,10 +8,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from fimvision.data.dataset import decode_images, luminance, read_image
+from fimvision.data.dataset import as_hwc_uint8, decode_images, luminance
 from fimvision.data.manifest import load_manifest
 from fimvision.data.transforms import border_background, pad_to_square, to_canvas
 from fimvision.errors import DataError
+from fimvision.imageio import read_image
 
 BACKGROUND = (157, 164, 230)
 
@@ -38,9 +39,18 @@ def test_reads_rgb_grey_rgba_16bit_png_and_tiff(tmp_path):
     assert np.array_equal(read_image(tmp_path / "rgba.png"), rgb)
     for name in ("grey.png", "grey16.png", "grey.tif"):
         image = read_image(tmp_path / name)
-        assert image.shape == (20, 30, 1) and image.dtype == np.uint8, name
-        assert np.array_equal(image[:, :, 0], rgb[:, :, 1]), name
-    assert np.array_equal(read_image(tmp_path / "rgb16.tif"), rgb)
+        assert image.shape == (20, 30) and image.dtype == (np.uint16 if "16" in name else np.uint8), name
+        assert np.array_equal(as_hwc_uint8(image), rgb[:, :, 1:2]), name  # 16 bits scaled by their range
+    assert read_image(tmp_path / "grey16.png").tolist() == grey16.tolist()  # read unscaled
+    assert np.array_equal(as_hwc_uint8(read_image(tmp_path / "rgb16.tif")), rgb)
+
+
+def test_unreadable_or_missing_image_names_the_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    for name, problem in (("broken.png", "cannot be read as an image"), ("absent.png", "image file not found")):
+        with pytest.raises(DataError, match=problem) as info:
+            read_image(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
 
 
 def test_luminance_formulas():

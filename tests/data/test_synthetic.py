@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fimvision.data import synthetic
 from fimvision.data.synthetic import (
     BACKGROUND_RGB,
     COLOUR_CUE_RGB,
@@ -23,11 +22,15 @@ from fimvision.data.synthetic import (
     LUMA_BT601,
     MANIFEST_COLUMNS,
     SyntheticConfig,
+    SyntheticParticle,
     iter_particles,
     particle_count,
+    render,
     render_particle,
     write_dataset,
+    writer,
 )
+from fimvision.errors import FimvisionError
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "make_synthetic.py"
@@ -43,7 +46,7 @@ def folder_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def particles(config: SyntheticConfig, label: str, n: int) -> list[synthetic.SyntheticParticle]:
+def particles(config: SyntheticConfig, label: str, n: int) -> list[SyntheticParticle]:
     """``n`` particles of ``label``, the first few of each antibody (spread over the antibodies)."""
     cls = config.all_classes.index(label)
     per_group = -(-n // config.antibodies)
@@ -201,7 +204,7 @@ def test_default_vials_hold_about_100_to_250_particles():
     config = SyntheticConfig()
     for antibody in range(config.antibodies):
         for cls in range(2):
-            sizes = synthetic._vial_sizes(config, antibody, cls)
+            sizes = render._vial_sizes(config, antibody, cls)
             assert sizes.sum() == 1000 and len(sizes) >= 2
             assert 100 <= sizes.min() and sizes.max() <= 300
 
@@ -283,7 +286,7 @@ def test_refuses_to_overwrite_a_non_empty_folder(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     config = SyntheticConfig(antibodies=1, per_class=2)
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(FimvisionError, match="overwrite"):
         write_dataset(out, config, progress=False)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     write_dataset(out, config, overwrite=True, progress=False)
@@ -308,7 +311,7 @@ def test_writing_is_atomic_and_a_failure_leaves_nothing_behind(tmp_path, monkeyp
             raise RuntimeError("boom")
         return render_particle(config, index)
 
-    monkeypatch.setattr(synthetic, "render_particle", broken)
+    monkeypatch.setattr(writer, "render_particle", broken)
     with pytest.raises(RuntimeError, match="boom"):
         write_dataset(out, SyntheticConfig(antibodies=1, per_class=4), overwrite=True, progress=False)
     assert seen == [["old.txt"], [".out.", "out"]]

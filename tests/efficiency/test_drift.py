@@ -1,4 +1,4 @@
-"""Weight drift: Wasserstein distance as scipy's, drift rows and the snapshot callback."""
+"""Weight drift: rows (max-abs, scipy's Wasserstein distance), run comparison and slopes."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import pytest
 import torch
 from scipy.stats import wasserstein_distance
 
-from fimvision.efficiency.drift import MODEL, compare_runs, slopes, wasserstein_1d, weight_drift
+from fimvision.efficiency.drift import MODEL, compare_runs, slopes, weight_drift
 
 
-@pytest.mark.parametrize("shape_a,shape_b", [((50, 40), (2000,)), ((777,), (313,)), ((3, 5, 7), (105,))])
-def test_wasserstein_equals_scipy(shape_a, shape_b):
-    g = torch.Generator().manual_seed(sum(shape_a))
-    a = torch.randn(shape_a, generator=g)
-    b = torch.randn(shape_b, generator=g) * 1.3 + 0.2
-    expected = wasserstein_distance(a.double().reshape(-1).numpy(), b.double().reshape(-1).numpy())
-    assert wasserstein_1d(a, b) == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert wasserstein_1d(a, a) == 0.0
+@pytest.mark.parametrize("shape", [(50, 40), (777,), (3, 5, 7)])
+def test_drift_rows_use_scipys_wasserstein(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    a = {"w": torch.randn(shape, generator=g), "b": torch.randn(9, generator=g)}
+    b = {"w": torch.randn(shape, generator=g) * 1.3 + 0.2, "b": a["b"].clone()}
+    rows = {r["tensor"]: r for r in weight_drift(a, b)}
+    values = {k: (a[k].double().reshape(-1).numpy(), b[k].double().reshape(-1).numpy()) for k in a}
+    assert rows["w"]["wasserstein"] == pytest.approx(wasserstein_distance(*values["w"]), rel=1e-12)
+    assert rows["b"]["wasserstein"] == 0.0 and rows["b"]["max_abs"] == 0.0
+    whole = [np.concatenate([values["w"][i], values["b"][i]]) for i in (0, 1)]
+    assert rows[MODEL]["wasserstein"] == pytest.approx(wasserstein_distance(*whole), rel=1e-6)
 
 
 def test_weight_drift_rows():

@@ -8,72 +8,51 @@ import math
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from fimtest import CONFIGS, fast_args, run_cli, run_main
-from lightly.utils.benchmarking import knn_predict
+from fimtest import CONFIGS, assert_learns, assert_logged, fast_args, fit_on_one_batch, run_cli, run_main
 
 from fimvision.errors import CheckpointError
+from fimvision.models.backbones import load_backbone_weights
 from fimvision.models.classifier import ParticleClassifier
-from fimvision.models.ssl import SimCLR, embedding_std, load_backbone_weights, weighted_knn_scores
+from fimvision.models.ssl import SimCLR, knn_predictions
 
-PRETRAIN = sorted(p for p in (CONFIGS / "ssl").glob("*.yaml")
-                  if p.stem.split("_")[0] in ("simclr", "moco", "byol", "dino"))
-DOWNSTREAM = sorted(p for p in (CONFIGS / "ssl").glob("*.yaml") if p.stem.startswith(("linear_probe", "finetune")))
+SSL = CONFIGS / "ssl"
+PRETRAIN_CONFIG = SSL / "pretrain.yaml"
+PRETRAIN = sorted(p for p in (SSL / "models").glob("*.yaml") if p.stem.split("_")[0] in ("simclr", "moco", "byol", "dino"))
+DOWNSTREAM = sorted(p for p in (SSL / "models").glob("*.yaml") if p.stem.startswith(("linear_probe", "finetune")))
+SUPERVISED_COLOR = CONFIGS / "supervised" / "resnet18_color.yaml"
+
+
+def pretrain(model: str) -> list:
+    """The arguments of one pretraining method: the entry config and the method's model file."""
+    return ["--config", PRETRAIN_CONFIG, "--model", SSL / "models" / f"{model}.yaml"]
+
+
+def downstream(model: str) -> list:
+    return ["--config", SUPERVISED_COLOR, "--model", SSL / "models" / f"{model}.yaml"]
 
 
 def unit(*angles_deg: float) -> torch.Tensor:
     """2-D unit vectors at the given angles: cosine similarities are then easy to work out by hand."""
     a = torch.tensor(angles_deg, dtype=torch.float64) * math.pi / 180
-    return torch.stack([a.cos(), a.sin()], dim=1)
+    return torch.stack([a.cos(), a.sin()], dim=1).float()
 
 
 # --- kNN and collapse monitors ----------------------------------------------------------------------------
 
 
-def test_weighted_knn_gives_the_hand_computed_votes():
+def test_knn_monitor_gives_the_hand_computed_classes():
     bank = unit(0, 10, 90, 100, 180)
     labels = torch.tensor([0, 0, 1, 1, 2])
     query = unit(5, 60, 170)
-    scores = weighted_knn_scores(query, bank, labels, num_classes=3, k=2, temperature=0.5)
-    c = lambda deg: math.exp(math.cos(math.radians(deg)) / 0.5)  # noqa: E731  (one vote)
-    # 5 deg: neighbours 0 and 10 deg (both class 0). 60 deg: 90 (30 deg away) and 100 (40 deg away).
-    # 170 deg: 180 (class 2, 10 deg away) and 100 (class 1, 70 deg away).
-    expected = torch.tensor([[c(5) + c(5), 0, 0], [0, c(30) + c(40), 0], [0, c(70), c(10)]], dtype=torch.float64)
-    assert torch.allclose(scores, expected)
-    # k=3 makes the 60-degree query take 10 deg (class 0, 50 deg away) too; still class 1.
-    assert weighted_knn_scores(query, bank, labels, 3, k=3, temperature=0.5).argmax(1).tolist() == [0, 1, 2]
+    # 5 deg: neighbours 0 and 10 deg (both class 0). 60 deg: 90 and 100 (class 1). 170 deg: 180 (class 2,
+    # 10 deg away, weight e^(cos 10/t)) against 100 (class 1, 70 deg away).
+    assert knn_predictions(query, bank, labels, 3, k=2, temperature=0.5).tolist() == [0, 1, 2]
     # Weights matter: at k=5 the 170-degree query has class 2 (one close vote) against class 1 (two votes
     # at 70 and 80 deg): a low temperature lets the close one win, a high one lets the count win.
-    assert weighted_knn_scores(query[2:], bank, labels, 3, k=5, temperature=0.05).argmax(1).item() == 2
-    assert weighted_knn_scores(query[2:], bank, labels, 3, k=5, temperature=100.0).argmax(1).item() == 1
-
-
-def test_weighted_knn_agrees_with_lightly_and_chunks():
-    torch.manual_seed(0)
-    bank, query = F.normalize(torch.randn(200, 16), dim=1), F.normalize(torch.randn(50, 16), dim=1)
-    labels = torch.randint(0, 4, (200,))
-    ours = weighted_knn_scores(query, bank, labels, 4, k=15, temperature=0.1, chunk=7).argmax(1)
-    theirs = knn_predict(query, bank.T, labels, 4, knn_k=15, knn_t=0.1)[:, 0]
-    assert torch.equal(ours, theirs)
-
-
-def test_weighted_knn_leave_one_out_skips_the_query_itself():
-    features = unit(0, 1, 90, 91, 45)
-    labels = torch.tensor([0, 0, 1, 1, 1])
-    loo = weighted_knn_scores(features, features, labels, 2, k=1, temperature=0.1, exclude_self=True)
-    assert loo.argmax(1).tolist() == [0, 0, 1, 1, 0]  # 45 deg: nearest other is 1 deg (class 0) by 44 vs 45
-    assert torch.allclose(loo[0], torch.tensor([math.exp(math.cos(math.radians(1)) / 0.1), 0.0], dtype=torch.float64))
-    with pytest.raises(ValueError, match="same set"):
-        weighted_knn_scores(features[:2], features, labels, 2, exclude_self=True)
-
-
-def test_collapse_monitor_is_one_when_spread_and_zero_when_collapsed():
-    assert embedding_std(torch.ones(8, 4) * 3).item() == pytest.approx(0.0)
-    # +-e_i: each dimension holds one +1 and one -1 among 2D rows: std = sqrt(2 / (2D - 1)).
-    d = 4
-    spread = torch.cat([torch.eye(d), -torch.eye(d)])
-    assert embedding_std(spread).item() == pytest.approx(math.sqrt(2 / (2 * d - 1)) * math.sqrt(d))
-    assert embedding_std(torch.randn(4096, 32)).item() == pytest.approx(1.0, abs=0.03)
+    assert knn_predictions(query[2:], bank, labels, 3, k=5, temperature=0.05).item() == 2
+    assert knn_predictions(query[2:], bank, labels, 3, k=5, temperature=100.0).item() == 1
+    # k larger than the bank is cut to the bank.
+    assert knn_predictions(query, bank[:2], labels[:2], 3, k=20, temperature=0.5).tolist() == [0, 0, 0]
 
 
 # --- every config through the CLI -------------------------------------------------------------------------
@@ -81,20 +60,45 @@ def test_collapse_monitor_is_one_when_spread_and_zero_when_collapsed():
 
 def test_ssl_configs_cover_every_method_for_a_cnn_and_a_vit():
     names = {p.stem for p in PRETRAIN}
-    assert {f"{m}_{b}" for m in ("simclr", "moco", "byol", "dino") for b in ("resnet18", "vit")} <= names
+    assert {f"{m}_{b}" for m in ("simclr", "moco", "byol", "dino") for b in ("resnet18", "vit")} == names
     assert {f"{k}_{b}" for k in ("linear_probe", "finetune") for b in ("resnet18", "vit")} == {p.stem for p in DOWNSTREAM}
 
 
-@pytest.mark.parametrize("config", PRETRAIN, ids=lambda p: p.stem)
-def test_ssl_config_runs_fast_dev_run(config, synthetic_root, tmp_path):
-    cli = run_cli(["fit", "--config", config, *fast_args(synthetic_root, tmp_path), "--trainer.fast_dev_run=true"])
-    assert cli.trainer.state.finished and cli.trainer.global_step == 1
-    metrics = cli.trainer.callback_metrics
-    assert torch.isfinite(metrics["train_loss"])
-    assert 0.0 < metrics["train_z_std"] <= 1.5
-    assert 0.0 <= metrics["val_knn_acc"] <= 1.0  # bank and query loaders both ran
-    assert cli.model.hparams.num_classes == 2 and cli.model.hparams.img_size == 32
-    assert cli.model.hparams.in_chans == (1 if "mono" in config.stem else 3)
+# Tiny versions of each method's backbone: the configs' own settings, timm's test models.
+TINY = {"resnet18": "test_resnet", "vit": "test_vit"}
+# Methods whose loss is not a progress measure on one batch: MoCo's negatives queue fills with the batch's
+# own keys, and DINO's centre and teacher sharpen as they go. For them the teacher must follow the student.
+QUEUE_OR_CENTRE = ("moco", "dino")
+
+
+@pytest.mark.parametrize("model", PRETRAIN, ids=lambda p: p.stem)
+def test_ssl_config_learns_and_logs_its_monitors(model, synthetic_root, tmp_path):
+    method, backbone = model.stem.split("_")
+    multicrop = ["--data", SSL / "data" / "synthetic_color_multicrop.yaml"] if method == "dino" else []
+    vit = ["--model.init_args.backbone_kwargs={}", "--model.init_args.backbone_kwargs.dynamic_img_size=true"] \
+        if backbone == "vit" else []
+    args = ["--config", PRETRAIN_CONFIG, "--model", model, *multicrop, *fast_args(synthetic_root, tmp_path),
+            f"--model.init_args.backbone={TINY[backbone]}", *vit, "--model.init_args.warmup_epochs=0"]
+    cli, metrics = fit_on_one_batch(args, tmp_path)
+    assert_logged(metrics, "train_loss", "train_z_std", "val_feature_std", "val_knn_acc", "val_knn_balanced_acc",
+                  "val_knn_f1_macro")
+    assert cli.model.hparams.num_classes == 2 and cli.model.hparams.img_size == 32 and cli.model.hparams.in_chans == 3
+    if method in QUEUE_OR_CENTRE:
+        assert_logged(metrics, "ema_momentum")
+        start = run_cli(args, run=False).model.backbone  # the same seed and CLI: the weights it started from
+        online, teacher = cli.model.ema_pairs()[0]
+        moved = [(p - q).abs().max().item() for p, q in zip(online.parameters(), start.parameters(), strict=True)]
+        followed = [(p - q).abs().max().item() for p, q in zip(teacher.parameters(), start.parameters(), strict=True)]
+        assert max(moved) > max(followed) > 0  # the teacher moves towards the student, more slowly
+    else:
+        assert_learns(metrics)
+
+
+def test_mono_pretraining_takes_one_channel(synthetic_root, tmp_path):
+    cli = run_cli(["fit", *pretrain("simclr_resnet18"), "--data", SSL / "data" / "synthetic_mono.yaml",
+                   *fast_args(synthetic_root, tmp_path), "--model.init_args.backbone=test_resnet",
+                   "--trainer.fast_dev_run=true"])
+    assert cli.model.hparams.in_chans == 1
 
 
 def test_pretraining_on_a_manifest_without_labels(synthetic_root, tmp_path):
@@ -103,7 +107,7 @@ def test_pretraining_on_a_manifest_without_labels(synthetic_root, tmp_path):
     (root / "images").symlink_to(synthetic_root / "images")
     frame = pd.read_csv(synthetic_root / "manifest.csv", dtype=str)
     frame.drop(columns=["label"]).to_csv(root / "manifest.csv", index=False)
-    cli = run_cli(["fit", "--config", CONFIGS / "ssl" / "byol_resnet18.yaml", *fast_args(root, tmp_path / "out"),
+    cli = run_cli(["fit", *pretrain("byol_resnet18"), *fast_args(root, tmp_path / "out"),
                    "--trainer.fast_dev_run=true"])
     assert cli.model.hparams.num_classes == 0 and len(cli.datamodule.datasets["train"]) == len(frame)
     assert torch.isfinite(cli.trainer.callback_metrics["train_loss"])
@@ -117,7 +121,7 @@ def test_pretraining_on_a_manifest_without_labels(synthetic_root, tmp_path):
 def simclr_checkpoint(synthetic_root, tmp_path_factory):
     """last.ckpt of two SimCLR steps of ResNet-18 at 32 px."""
     out = tmp_path_factory.mktemp("simclr")
-    run_cli(["fit", "--config", CONFIGS / "ssl" / "simclr_resnet18.yaml", *fast_args(synthetic_root, out),
+    run_cli(["fit", *pretrain("simclr_resnet18"), *fast_args(synthetic_root, out),
              "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
              "--trainer.check_val_every_n_epoch=1"])
     (path,) = out.rglob("last.ckpt")
@@ -133,8 +137,8 @@ def test_linear_probe_trains_the_head_only(simclr_checkpoint, synthetic_root, tm
     pretrained = backbone_state(simclr_checkpoint)
     fresh = ParticleClassifier(backbone="resnet18", num_classes=2, img_size=32)
     head_before = {k: v.clone() for k, v in fresh.model.get_classifier().state_dict().items()}
-    cli = run_cli(["fit", "--config", CONFIGS / "ssl" / "linear_probe_resnet18.yaml",
-                   *fast_args(synthetic_root, tmp_path), "--trainer.fast_dev_run=true",
+    cli = run_cli(["fit", *downstream("linear_probe_resnet18"), *fast_args(synthetic_root, tmp_path),
+                   "--trainer.fast_dev_run=true",
                    f"--model.init_args.backbone_checkpoint={simclr_checkpoint}"])
     model = cli.model.model
     after = model.state_dict()
@@ -150,8 +154,8 @@ def test_fine_tune_starts_from_the_checkpoint_and_trains_everything(simclr_check
     model = ParticleClassifier(backbone="resnet18", num_classes=2, img_size=32,
                                backbone_checkpoint=str(simclr_checkpoint))
     assert all(torch.equal(model.model.state_dict()[k], v) for k, v in pretrained.items())
-    cli = run_cli(["fit", "--config", CONFIGS / "ssl" / "finetune_resnet18.yaml",
-                   *fast_args(synthetic_root, tmp_path), "--trainer.fast_dev_run=true",
+    cli = run_cli(["fit", *downstream("finetune_resnet18"), *fast_args(synthetic_root, tmp_path),
+                   "--trainer.fast_dev_run=true",
                    f"--model.init_args.backbone_checkpoint={simclr_checkpoint}"])
     after = cli.model.model.state_dict()
     assert not torch.equal(after["conv1.weight"], pretrained["conv1.weight"])
@@ -159,13 +163,13 @@ def test_fine_tune_starts_from_the_checkpoint_and_trains_everything(simclr_check
 
 
 def test_wrong_architecture_or_channels_is_a_clear_error(simclr_checkpoint, synthetic_root, tmp_path, capsys):
-    with pytest.raises(CheckpointError, match="pretrained with backbone 'resnet18'.*'resnet34'"):
+    with pytest.raises(CheckpointError, match="trained with backbone 'resnet18'.*'resnet34'"):
         ParticleClassifier(backbone="resnet34", num_classes=2, backbone_checkpoint=str(simclr_checkpoint))
     # Channels through the real CLI: mono data on a colour checkpoint exits with status 2 and says why.
-    assert run_main(["fit", "--config", CONFIGS / "ssl" / "linear_probe_resnet18.yaml",
-                     *fast_args(synthetic_root, tmp_path), "--trainer.fast_dev_run=true",
+    assert run_main(["fit", *downstream("linear_probe_resnet18"), *fast_args(synthetic_root, tmp_path),
+                     "--trainer.fast_dev_run=true",
                      "--data.init_args.modality=mono", f"--model.init_args.backbone_checkpoint={simclr_checkpoint}"]) == 2
-    assert "pretrained on 3-channel input, but the data gives 1 channel" in capsys.readouterr().err
+    assert "trained on 3-channel input, but the data gives 1 channel" in capsys.readouterr().err
     # Same name, other shapes (no hyperparameters to compare): the mismatching tensor is named.
     state = torch.load(simclr_checkpoint, map_location="cpu", weights_only=False)
     del state["hyper_parameters"]
@@ -174,7 +178,7 @@ def test_wrong_architecture_or_channels_is_a_clear_error(simclr_checkpoint, synt
     with pytest.raises(CheckpointError, match=r"'conv1.weight': checkpoint shape \(64, 3, 7, 7\), model shape \(64, 1"):
         load_backbone_weights(other, tmp_path / "nohp.ckpt", backbone="resnet18", in_chans=1)
     torch.save({"state_dict": {"model.fc.weight": torch.zeros(2, 2)}}, tmp_path / "supervised.ckpt")
-    with pytest.raises(CheckpointError, match="not a fimvision self-supervised checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a Lightning checkpoint"):
         load_backbone_weights(other, tmp_path / "supervised.ckpt", backbone="resnet18", in_chans=3)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_backbone_weights(other, tmp_path / "missing.ckpt", backbone="resnet18", in_chans=3)
@@ -191,9 +195,8 @@ def test_short_simclr_pretraining_beats_random_init_on_knn(tmp_path):
     write_dataset(root, SyntheticConfig(antibodies=3, per_class=60, particles_per_vial=10, seed=1), progress=False)
     common = [*fast_args(root, tmp_path / "out"), "--data.init_args.batch_size=64", "--seed_everything=0",
               "--model.init_args.backbone=resnet18"]
-    config = CONFIGS / "ssl" / "simclr_resnet18.yaml"
-    random_init = run_cli(["validate", "--config", config, *common]).trainer.callback_metrics["val_knn_acc"].item()
-    trained = run_cli(["fit", "--config", config, *common, "--trainer.max_epochs=12", "--trainer.check_val_every_n_epoch=12",
+    random_init = run_cli(["validate", *pretrain("simclr_resnet18"), *common]).trainer.callback_metrics["val_knn_acc"].item()
+    trained = run_cli(["fit", *pretrain("simclr_resnet18"), *common, "--trainer.max_epochs=12", "--trainer.check_val_every_n_epoch=12",
                        "--model.init_args.warmup_epochs=1"]).trainer.callback_metrics["val_knn_acc"].item()
     assert trained > random_init + 0.03, (random_init, trained)
 
@@ -209,13 +212,12 @@ def test_probe_checkpoint_needs_no_ssl_file_to_test(simclr_checkpoint, synthetic
 
     ssl_copy = tmp_path / "ssl.ckpt"
     shutil.copy(simclr_checkpoint, ssl_copy)
-    config = CONFIGS / "ssl" / "linear_probe_resnet18.yaml"
-    run_cli(["fit", "--config", config, *fast_args(synthetic_root, tmp_path / "fit"), "--trainer.max_epochs=1",
+    run_cli(["fit", *downstream("linear_probe_resnet18"), *fast_args(synthetic_root, tmp_path / "fit"), "--trainer.max_epochs=1",
              "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
              f"--model.init_args.backbone_checkpoint={ssl_copy}"])
     ssl_copy.unlink()  # the probe's own checkpoint holds every weight
     probe = next((tmp_path / "fit").rglob("last.ckpt"))
-    cli = run_cli(["test", "--config", config, *fast_args(synthetic_root, tmp_path / "test"), f"--ckpt_path={probe}",
+    cli = run_cli(["test", *downstream("linear_probe_resnet18"), *fast_args(synthetic_root, tmp_path / "test"), f"--ckpt_path={probe}",
                    f"--model.init_args.backbone_checkpoint={ssl_copy}"])
     assert cli.model.hparams.backbone_checkpoint is None
     assert 0 <= float(cli.trainer.callback_metrics["test_acc"]) <= 1

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fimtest import CONFIGS
 
 from fimvision.data.domains import write_mat_domains
@@ -52,6 +53,7 @@ def test_mnist_usps_grid_runs_resumes_and_reports(tmp_path, capsys):
     assert results["test_acc"].between(0, 1).all() and (results["n_test"] == 20).all()
     assert results.loc[results["method"] == "shot", "val_snd"].notna().all()
     assert len(list((tmp_path / "out" / "sources").rglob("source.ckpt"))) == 2  # one source model per seed
+    assert results["test_f1_macro"].between(0, 1).all() and results["run_dir"].notna().all()
     main([str(a) for a in args])  # everything done: nothing reruns, nothing is duplicated
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 6
     summary = (tmp_path / "out" / "summary.md").read_text()
@@ -72,8 +74,46 @@ def test_fim_grid_runs(tmp_path):
     assert (results["target"] == "group=ab8").all()
 
 
-def test_grid_config_errors(tmp_path, capsys):
+@pytest.mark.parametrize("text, message", [
+    (f"config: {GRIDS.parent / 'mnist_usps.yaml'}\npairs: [[A, B]]\nsource: {{}}\nmethods: {{x: {{model: nope.yaml}}}}\n",
+     "key 'x.model'"),
+    ("config: missing.yaml\npairs: [[A, B]]\nsource: {}\nmethods: {}\n", "key 'config'"),
+    ("config: x.yaml\npairs: [[A, B]]\nsource: {}\nmethods: {}\nsteps: 3\n", "steps"),
+    ("config: x.yaml\npairs: [[A, B]]\nsource: {}\nmethods: {}\nseeds: [one]\n", "seeds"),
+])
+def test_grid_config_errors(tmp_path, capsys, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: {}\npairs: [[A, B]]\nmethods: {x: {class_path: Nope}}\n")
+    bad.write_text(text)
     assert main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "unknown class_path 'Nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}") and message in err
+
+
+def test_a_grid_run_saves_the_config_of_the_equivalent_fit(tmp_path):
+    from fimtest import run_cli
+
+    root = tiny_digits(tmp_path / "MNIST_vs_USPS.mat")
+    limits = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+              f"--data.init_args.root={root}", "--data.init_args.image_size=16"]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({
+        "config": str(GRIDS.parent / "mnist_usps.yaml"), "pairs": [["MNIST", "USPS"]], "seeds": [0], "shots": [1],
+        "source": {"model": str(GRIDS.parent / "models" / "source_small_cnn.yaml"), "args": limits},
+        "methods": {"shot": {"model": str(GRIDS.parent / "models" / "shot.yaml"), "args": limits}}}))
+    assert main(["--config", str(grid), "--out", str(tmp_path / "out")]) == 0
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    run_dir = Path(results.loc[0, "run_dir"])
+    source = next((tmp_path / "out" / "sources").rglob("source.ckpt"))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    run_cli(["fit", "--config", GRIDS.parent / "mnist_usps.yaml", "--model", GRIDS.parent / "models" / "shot.yaml",
+             "--seed_everything=0", "--data.init_args.source=MNIST", "--data.init_args.target=USPS",
+             "--data.init_args.seed=0", "--data.init_args.n_shot=1", f"--trainer.logger.init_args.save_dir={tmp_path / 'by_hand'}",
+             "--trainer.logger.init_args.name=", "--trainer.logger.init_args.version=shot0_seed0",
+             f"--trainer.default_root_dir={tmp_path / 'by_hand' / 'shot0_seed0'}",
+             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *limits,
+             f"--model.init_args.source_checkpoint={source}"])
+    by_hand = yaml.safe_load((tmp_path / "by_hand" / "shot0_seed0" / "config.yaml").read_text())
+    for config in (saved, by_hand):
+        config["trainer"]["logger"]["init_args"].pop("save_dir")
+        config["trainer"].pop("default_root_dir")
+    assert saved == by_hand

@@ -1,0 +1,232 @@
+"""FimvisionTask: the one base of every model family (supervised, self-supervised, adaptation).
+
+Shaped like torchgeo's ``BaseTask``: the constructor saves the hyper-parameters and calls
+``configure_models``, ``configure_losses`` and ``configure_metrics``; a family writes those and its
+``training_step``. The base owns what every family shares, written once:
+
+- hyper-parameters, with the data-linked ``num_classes``, ``class_names``, ``in_chans`` and
+  ``img_size`` (the CLI fills them from the data module);
+- the backbone from the timm factory, one path for ``pretrained`` (timm's hub), ``weights`` (a local
+  file) and ``backbone_checkpoint`` (the backbone of any fimvision checkpoint): :meth:`build_backbone`;
+- one metric collection for every labelled evaluation (accuracy, balanced accuracy, macro F1,
+  per-class recall, confusion matrix; target -1 means "unknown class" and is left out);
+- the evaluate (validation/test) and predict steps;
+- one optimizer and schedule set-up (:mod:`fimvision.models.optim`): a family only says which
+  parameter groups it trains (:meth:`param_groups`).
+
+The data-model contract: a family says what its training batches are (``train_on``); a data module
+says what it serves (``serves``); the CLI checks that they match and tells the data module. Nothing
+reaches into the trainer for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor, nn
+
+from fimvision.models.backbones import create_backbone, load_backbone_weights
+from fimvision.models.optim import (
+    OptimizerName,
+    SchedulerName,
+    build_optimizer,
+    build_schedule,
+    decay_groups,
+)
+from fimvision.plots import confusion_matrix_png
+
+# What a model trains on: labelled particles, multi-view batches (self-supervised), or, in domain
+# adaptation, the source domain, the few-shot target set or the unlabelled target part.
+TrainOn = Literal["labelled", "views", "source", "fewshot", "target"]
+
+
+def class_names_for(num_classes: int, class_names: list[str] | None) -> list[str]:
+    """The output names of a ``num_classes``-way head: ``class_names``, or "0", "1", ... when not given."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+    return list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+
+def labelled_metrics(num_classes: int) -> torchmetrics.MetricCollection:
+    """Accuracy, balanced accuracy (macro recall) and macro F1; target -1 (unknown class) is ignored."""
+    kw = {"num_classes": num_classes, "ignore_index": -1}
+    return torchmetrics.MetricCollection({
+        "acc": torchmetrics.classification.MulticlassAccuracy(average="micro", **kw),
+        "balanced_acc": torchmetrics.classification.MulticlassRecall(average="macro", **kw),
+        "f1_macro": torchmetrics.classification.MulticlassF1Score(average="macro", **kw),
+    })
+
+
+class FimvisionTask(pl.LightningModule):
+    """Base of every fimvision model (see the module docstring).
+
+    Args:
+        num_classes: classes (linked from the data module).
+        in_chans: input channels (linked from the data module: 3 colour, 1 mono).
+        img_size: input side (linked from the data module; used by ViTs for position embeddings).
+        class_names: class names in output order (linked from the data module; saved in checkpoints).
+        backbone: timm model name (resnet18, resnet50, efficientnet_b0, convnext_tiny, vit_small_patch16_224,
+            deit_tiny_patch16_224, a tagged name such as resnet18.a1_in1k, ...).
+        backbone_kwargs: extra timm arguments, e.g. ``{patch_size: 8}`` or ``{drop_path_rate: 0.1}``.
+        pretrained: load timm's hub weights (needs network; off by default).
+        weights: local weights file to start the backbone from (no network needed).
+        backbone_checkpoint: a fimvision checkpoint (of any family: self-supervised, classifier, source
+            model) whose backbone weights to start from; heads start fresh. Architecture and channels
+            must match.
+        optimizer: adamw, adam, sgd or lars.
+        lr: peak learning rate.
+        weight_decay: weight decay (not on biases, norm weights, position embeddings and tokens).
+        momentum: SGD/LARS momentum.
+        scheduler: per-step schedule: ``cosine`` (after a linear warm-up), ``shot`` ((1 + 10 p)^-0.75) or ``none``.
+        warmup_epochs: linear warm-up length in epochs (fractions allowed; ``cosine`` only).
+    """
+
+    #: What this family's training batches are (the data-model contract).
+    train_on: ClassVar[TrainOn] = "labelled"
+    #: Base arguments a family does not use (left out of the saved hyper-parameters).
+    ignored_hparams: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_chans: int = 3,
+        img_size: int | None = None,
+        class_names: list[str] | None = None,
+        backbone: str = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        weights: str | None = None,
+        backbone_checkpoint: str | None = None,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        momentum: float = 0.9,
+        scheduler: SchedulerName = "cosine",
+        warmup_epochs: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=list(self.ignored_hparams))
+        self.class_names = class_names_for(num_classes, class_names)
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # --- what a family provides ------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        """Create the networks (use :meth:`build_backbone` for the timm part)."""
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        """Create loss modules and buffers (optional)."""
+
+    def configure_metrics(self) -> None:
+        """The labelled-evaluation metrics; families without a classifier head may leave them out."""
+        n = self.hparams.num_classes
+        if n < 2:
+            self.val_metrics = self.test_metrics = None
+            return
+        self.val_metrics = labelled_metrics(n).clone(prefix="val_")
+        self.test_metrics = labelled_metrics(n).clone(prefix="test_")
+        self.test_recall = torchmetrics.classification.MulticlassRecall(n, average=None, ignore_index=-1)
+        self.test_confusion = torchmetrics.classification.MulticlassConfusionMatrix(n, ignore_index=-1)
+
+    def param_groups(self) -> list[dict]:
+        """The parameter groups the optimizer trains (each may set its own ``lr``); by default every
+        trainable parameter, weight decay split off by timm's rule."""
+        return decay_groups(self, self.hparams.weight_decay)
+
+    def trainer_settings(self) -> dict[str, Any]:
+        """Trainer arguments this model needs (e.g. a fixed number of steps); the CLI passes them to the
+        trainer it builds, over the config's values."""
+        return {}
+
+    def evaluation_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The validation/test loss on labelled rows (cross-entropy by default)."""
+        return F.cross_entropy(logits.float(), target)
+
+    def describe(self) -> str:
+        """A short name for plot titles and reports."""
+        return f"{type(self).__name__} ({self.hparams.backbone})"
+
+    # --- shared machinery ------------------------------------------------------------------------------
+    def build_backbone(self, num_classes: int = 0) -> nn.Module:
+        """The timm network of ``backbone`` for this input, with a ``num_classes``-way head (0: features),
+        started from ``weights``, timm's hub (``pretrained``) or a fimvision ``backbone_checkpoint``."""
+        h = self.hparams
+        model = create_backbone(h.backbone, in_chans=h.in_chans, num_classes=num_classes, pretrained=h.pretrained,
+                                weights=h.weights, img_size=h.img_size, **(h.backbone_kwargs or {}))
+        if h.backbone_checkpoint:
+            load_backbone_weights(model, h.backbone_checkpoint, backbone=h.backbone, in_chans=h.in_chans)
+        return model
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the trainer plans (1 without a trainer, e.g. in efficiency measurements)."""
+        trainer = self._trainer
+        return max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
+
+    def warmup_steps(self) -> int:
+        trainer = self._trainer
+        epochs = trainer.max_epochs if trainer is not None and trainer.max_epochs and trainer.max_epochs > 0 else 1
+        return round(self.hparams.get("warmup_epochs", 0.0) * self.total_steps / epochs)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        optimizer = build_optimizer(self.param_groups(), h.optimizer, h.lr, h.weight_decay, h.momentum)
+        schedule = build_schedule(optimizer, h.scheduler, self.total_steps, self.warmup_steps())
+        if schedule is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def synthetic_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
+        """A training batch of random images shaped as this family's data module serves it (for efficiency
+        measurements without a dataset)."""
+        size = self.hparams.img_size or 64
+        image = torch.randn(batch_size, self.hparams.in_chans, size, size, generator=generator)
+        target = torch.randint(0, max(1, self.hparams.num_classes), (batch_size,), generator=generator)
+        return {"image": image, "target": target, "index": torch.arange(batch_size)}
+
+    def evaluate(self, batch: dict, stage: Literal["val", "test"]) -> Tensor:
+        """Logits of a labelled batch; logs the loss and metrics of its known-class rows (target >= 0)."""
+        logits = self(batch["image"])
+        target = batch["target"]
+        known = target >= 0
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        if known.any() and metrics is not None:
+            size = int(known.sum())
+            self.log(f"{stage}_loss", self.evaluation_loss(logits[known], target[known]), prog_bar=True,
+                     batch_size=size, sync_dist=True)
+            metrics.update(logits, target)
+            self.log_dict(metrics, prog_bar=stage == "val", batch_size=size)
+            if stage == "test":
+                self.test_recall.update(logits, target)
+                self.test_confusion.update(logits, target)
+        return logits
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_metrics is None or not self.test_confusion.update_called:
+            return
+        for name, recall in zip(self.class_names, self.test_recall.compute(), strict=True):
+            self.log(f"test_recall_{name}", recall)
+        matrix = self.test_confusion.compute().cpu().numpy()
+        self.test_recall.reset()
+        self.test_confusion.reset()
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            confusion_matrix_png(
+                matrix, self.class_names, out / "confusion_matrix.png",
+                title=f"{self.describe()}, {self.hparams.in_chans}-channel input: test set")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"index": batch["index"], "probs": self(batch["image"]).float().softmax(dim=1)}
