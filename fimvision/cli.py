@@ -44,6 +44,7 @@ from fimvision.console import (
 from fimvision.errors import CheckpointError
 from fimvision.loggers import RunCSVLogger
 from fimvision.prediction import PredictionWriter
+from fimvision.tracking import WandbTracking
 
 __all__ = ["FimvisionCLI", "RunCheckpoint", "RunCSVLogger", "build_cli", "main"]
 
@@ -106,7 +107,15 @@ class RunConfigSaver(SaveConfigCallback):
             while (log_dir / name).exists():
                 name, n = f"{stem}_{n}.yaml", n + 1
         self.config_filename = trainer.strategy.broadcast(name)
+        self.path = log_dir / self.config_filename
         super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Rank 0 only: no collective calls here (trainer.log_dir would be one).
+        # The file goes with the W&B run too (the run config already holds its values).
+        path = self.path
+        for run in WandbTracking.runs(trainer):
+            run.save(str(path), base_path=str(path.parent), policy="now")
 
 
 def _close(word: str, options: list[str]) -> str:
@@ -194,6 +203,7 @@ class FimvisionCLI(LightningCLI):
         parser.link_arguments("data.image_size", "model.init_args.img_size", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(RunGuard, "run_guard")
+        parser.add_lightning_class_args(WandbTracking, "wandb")
         for name in INT_OR_FRACTION:
             action = parser._option_string_actions.get(f"--trainer.{name}")
             if action is not None and hasattr(action, "_typehint"):
@@ -268,10 +278,26 @@ class FimvisionCLI(LightningCLI):
         if hasattr(self.datamodule, "serve") and hasattr(self.model, "train_on"):
             self.datamodule.serve(self.model.train_on)
         self._check_checkpoint_fits()
+        self._add_wandb_logger()
         if self._resume_point is not None:
             for logger in self.trainer.loggers:
                 if isinstance(logger, RunCSVLogger):
                     logger.drop_rows_after(*self._resume_point)
+
+    def resolved_config(self) -> dict:
+        """The run's whole config as plain data (what config.yaml holds)."""
+        import yaml
+
+        parser = self._parser(self.subcommand)
+        return yaml.safe_load(parser.dump(self.active_config, skip_none=False, skip_link_targets=False))
+
+    def _add_wandb_logger(self) -> None:
+        """W&B joins the run's loggers when tracking is on, writing into the run's folder."""
+        tracking = next((cb for cb in self.trainer.callbacks if isinstance(cb, WandbTracking)), None)
+        if tracking is None or not tracking.enabled or self.trainer.fast_dev_run:
+            return
+        logger = tracking.make_logger(self.resolved_config(), self.trainer.log_dir or self.trainer.default_root_dir)
+        self.trainer.loggers = [*self.trainer.loggers, logger]
 
     def _check_checkpoint_fits(self) -> None:
         saved = self._checkpoint_hparams()
@@ -286,6 +312,12 @@ class FimvisionCLI(LightningCLI):
                 f"checkpoint {self.active_config.ckpt_path} does not fit this data: {details}. "
                 + (f"Settings that fit it: {' '.join(hints)}; or use another checkpoint."
                    if hints else "Use the data settings it was trained with, or another checkpoint."))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # a W&B run ends with its command (in-process callers run many commands in one process)
+            WandbTracking.finish(self.trainer)
 
     def before_predict(self) -> None:
         # Refuse to write over earlier predictions before any image is decoded.

@@ -54,7 +54,10 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
         self.overwrite = overwrite
 
     def folder(self, trainer: pl.Trainer) -> Path:
-        return Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        """Where the files go; resolved once on every process (trainer.log_dir is a collective call)."""
+        if getattr(self, "_folder", None) is None:
+            self._folder = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        return self._folder
 
     def check_output(self, trainer: pl.Trainer) -> None:
         """Refuse, before any work, to write over earlier predictions (unless ``overwrite``)."""
@@ -65,6 +68,8 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
                                     "(--prediction_writer.overwrite=true).")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._folder = None
+        self.folder(trainer)  # on every process
         if stage == "predict" and trainer.is_global_zero:
             self.check_output(trainer)
 

@@ -123,3 +123,99 @@ def assert_logged(metrics: pd.DataFrame, *names: str) -> None:
     for name in names:
         assert name in metrics.columns and metrics[name].dropna().map(math.isfinite).all() \
             and metrics[name].notna().any(), (name, sorted(metrics.columns))
+
+
+def read_wandb_run(run_dir: Path) -> dict:
+    """An offline W&B run folder read back: ``history`` (one dict a logged step), ``config`` and ``files``.
+
+    The ``.wandb`` file is W&B's record log: a 7-byte header, then records in 32 KiB blocks, each with a
+    7-byte header (CRC, length, type: full / first / middle / last) and a protobuf ``Record``.
+    """
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    data, pos, block, pending, records = path.read_bytes(), 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+        elif kind == 0:
+            break
+    history, config = [], {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+        elif kind in ("config", "run"):  # wandb.init's config comes with the run record, later ones apart
+            updates = record.config.update if kind == "config" else record.run.config.update
+            config.update({item.key: json.loads(item.value_json) for item in updates})
+    files = sorted(str(p.relative_to(run_dir / "files")) for p in (run_dir / "files").rglob("*") if p.is_file())
+    return {"history": history, "config": config, "files": files}
+
+
+def sample_sweep_parameters(parameters: dict, rng) -> dict:
+    """One draw of a W&B sweep's ``parameters``, from each parameter's own distribution (W&B's ``sweeps``
+    engine would downgrade numpy here, so its draws are emulated): value, values, and the uniform,
+    log-uniform, integer, quantised and normal distributions."""
+    import math
+
+    drawn = {}
+    for name, spec in parameters.items():
+        kind = spec.get("distribution")
+        if "value" in spec:
+            drawn[name] = spec["value"]
+        elif "values" in spec:
+            drawn[name] = spec["values"][int(rng.integers(len(spec["values"])))]
+        elif kind == "log_uniform_values":
+            drawn[name] = float(math.exp(rng.uniform(math.log(spec["min"]), math.log(spec["max"]))))
+        elif kind == "int_uniform" or (kind is None and isinstance(spec.get("min"), int)):
+            drawn[name] = int(rng.integers(spec["min"], spec["max"] + 1))
+        elif kind in ("uniform", None):
+            drawn[name] = float(rng.uniform(spec["min"], spec["max"]))
+        elif kind == "q_uniform":
+            drawn[name] = float(round(rng.uniform(spec["min"], spec["max"]) / spec["q"]) * spec["q"])
+        elif kind == "normal":
+            drawn[name] = float(rng.normal(spec.get("mu", 0.0), spec.get("sigma", 1.0)))
+        else:
+            raise ValueError(f"parameter {name}: distribution {kind} not emulated")
+    return drawn
+
+
+def run_as_wandb_agent(sweep: dict, args: dict, run_id: str, *, wait: bool = True):
+    """Start one run of ``sweep`` exactly as the installed `wandb agent` does: its own Agent code renders
+    the command (``${env}``, ``${args}``, ``${envvar:...}`` macros) and launches it. Returns the exit
+    status, or the agent's process handle when not ``wait``."""
+    from wandb.wandb_agent import Agent
+
+    agent = Agent(api=None, queue=None, sweep_id=os.environ.get("WANDB_SWEEP_ID"))
+    agent._sweep_command = list(sweep["command"])
+    agent._command_run({"run_id": run_id, "program": sweep["program"],
+                        "args": {name: {"value": value} for name, value in args.items()}})
+    process = agent._run_processes[run_id]
+    return process.wait() if wait else process
+
+
+def write_digits(path: Path, per_class: int = 12, classes: int = 10, side: int = 16, seed: int = 0) -> Path:
+    """Tiny learnable digits-like domains in the shared .mat layout: class c lights row c (the target a
+    little dimmer). Name the file MNIST_vs_USPS.mat for the MNIST/USPS domain names."""
+    import numpy as np
+
+    from fimvision.data.domains import write_mat_domains
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), per_class)
+    x = rng.uniform(0, 0.2, (len(labels), side, side))
+    x[np.arange(len(labels)), labels, :] = 1.0
+    return write_mat_domains(path, (x, labels), (0.8 * x, labels))

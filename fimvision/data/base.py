@@ -78,6 +78,16 @@ class FimvisionDataModule(pl.LightningDataModule):
                                            num_workers=num_workers, persistent_workers=False, drop_last=drop_last,
                                            generator=generator)
 
+    def evaluation_loader(self, dataset, *, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+        """An in-order loader for validation, test and prediction. On several processes each takes a disjoint
+        share and no image is repeated to even them out, so every image counts once in the metrics."""
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+
     def state_dict(self) -> dict[str, Any]:  # saved in every checkpoint by Lightning
         pipelines = getattr(self._train_transform, "pipelines", lambda: [])()
         return {"train_generator": self.training_generator().get_state(),
@@ -96,3 +106,25 @@ SUGGESTED_DATA = {
     "fewshot": "use DomainDataModule (class_path: DomainDataModule)",
     "target": "use DomainDataModule (class_path: DomainDataModule)",
 }
+
+
+class FewShotSampler(torch.utils.data.DistributedSampler):
+    """``num_samples`` draws with replacement for each process. Every process draws the same sequence from the
+    data module's generator and takes its own share, so no two processes train on the same draw and an
+    epoch has ``num_samples / batch size`` batches on any number of devices. (A DistributedSampler, so
+    Lightning does not split it again.)"""
+
+    def __init__(self, dataset, num_samples: int, generator: torch.Generator | None = None,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
+        rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False)
+        self.draws, self.generator = num_samples, generator
+
+    def __iter__(self):
+        every = torch.randint(len(self.dataset), (self.draws * self.num_replicas,), generator=self.generator)
+        return iter(every[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.draws

@@ -38,6 +38,7 @@ class ParticleDataModule(FimvisionDataModule):
         batch_size: batch size of every loader.
         num_workers: loader worker processes.
         augment: apply training augmentation (flips, 90° rotations, mild brightness/contrast).
+        augment_strength: brightness and contrast jitter limit of the training augmentation (0: flips only).
         allow_outside_paths: accept manifest image paths that are absolute or leave the dataset folder
             (``../``); off by default, so a dataset folder is self-contained and can be moved or shared.
     """
@@ -63,6 +64,7 @@ class ParticleDataModule(FimvisionDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         augment: bool = True,
+        augment_strength: float = 0.1,
         allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
@@ -82,6 +84,7 @@ class ParticleDataModule(FimvisionDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.augment = augment
+        self.augment_strength = augment_strength
         # Read (not decode) the manifest now: the model's number of classes is linked to it.
         self.manifest: Manifest = load_manifest(root, classes=classes,
                                                require_labels=self.require_labels and classes is None,
@@ -111,7 +114,11 @@ class ParticleDataModule(FimvisionDataModule):
 
     def _dataset(self, rows: np.ndarray, train: bool) -> ParticleDataset:
         mono = self.modality == "mono"
-        transform = (train_transform if train and self.augment else eval_transform)(self.in_chans, mono)
+        if train and self.augment:
+            s = self.augment_strength
+            transform = train_transform(self.in_chans, mono, brightness=s, contrast=s)
+        else:
+            transform = eval_transform(self.in_chans, mono)
         targets = np.asarray(self.manifest.targets())[rows]
         return ParticleDataset(self._decode(), rows, targets, rows, transform, channels_out=self.in_chans)
 
@@ -146,8 +153,7 @@ class ParticleDataModule(FimvisionDataModule):
         return self.datasets[split].targets
 
     def _loader(self, name: str) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=False,
-                                           num_workers=self.num_workers)
+        return self.evaluation_loader(self.datasets[name], batch_size=self.batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         data = self.datasets["train"]

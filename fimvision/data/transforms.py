@@ -85,7 +85,7 @@ class Pipeline:
 
     def __init__(self, transforms: list, channels: int, mono: bool = False) -> None:
         mean, std = normalisation(channels, mono)
-        self.channels = channels
+        self.channels, self.mean, self.std = channels, mean, std
         self.seed = int(torch.randint(2**31 - 1, ()).item())
         self.compose = A.Compose([*transforms, A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
                                   ToTensorV2()], strict=True)

@@ -25,7 +25,7 @@ from fimvision.efficiency.drift import DriftSettings, run_drift
 from fimvision.efficiency.profile import ProfileSettings, run_profile
 from fimvision.errors import FimvisionError
 
-MODEL_PREFIXES = ("--model", "--data", "--trainer", "--seed_everything")
+MODEL_PREFIXES = ("--model", "--data", "--trainer", "--seed_everything", "--wandb")
 # Each subcommand: its typed settings and the function that runs it (in the module of its concern).
 SUBCOMMANDS = {"deviation": (DeviationSettings, run_deviation), "benchmark": (BenchmarkSettings, run_benchmark),
                "profile": (ProfileSettings, run_profile), "drift": (DriftSettings, run_drift),

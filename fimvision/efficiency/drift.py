@@ -226,7 +226,7 @@ def batch_dataset(batch: dict) -> torch.utils.data.Dataset:
 
 
 def train_run(module: pl.LightningModule, spec: RunSpec, loader_fn, out: Path, *, steps: int, every_n_steps: int,
-              device: str, progress: bool = False) -> tuple[Path, dict]:
+              device: str, progress: bool = False, tracking=None, config: dict | None = None) -> tuple[Path, dict]:
     """Train a copy of ``module`` with a Lightning Trainer for ``steps`` optimizer steps as ``spec`` says.
 
     Returns its snapshot folder and a summary: steps taken, the last ``train_loss`` the module logged and how
@@ -237,10 +237,15 @@ def train_run(module: pl.LightningModule, spec: RunSpec, loader_fn, out: Path, *
     snapshots = out / "snapshots" / spec.name
     shutil.rmtree(snapshots, ignore_errors=True)
     callback = WeightDriftCallback(str(snapshots), every_n_steps)
+    logger = False
+    if tracking is not None and tracking.enabled:  # each run of the study is a W&B run of the "drift" group
+        logger = tracking.make_logger({**(config or {}), "drift_run": asdict(spec)}, out, name=f"drift-{spec.name}",
+                                      group=tracking.group or "drift")
     trainer = pl.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
-                         precision=get_precision(spec.precision).lightning, max_steps=steps, logger=False,
+                         precision=get_precision(spec.precision).lightning, max_steps=steps, logger=logger,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[callback])
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[callback],
+                         log_every_n_steps=every_n_steps)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*`validation_step` but have no `val_dataloader`.*")
         trainer.fit(model, train_dataloaders=loader_fn(spec.seed))
@@ -248,6 +253,10 @@ def train_run(module: pl.LightningModule, spec: RunSpec, loader_fn, out: Path, *
                                                                                                 callback.steps[-1]))
     moved = weight_drift(first, last, per_tensor=False)[-1]
     loss = trainer.callback_metrics.get("train_loss")
+    if logger:
+        from fimvision.tracking import WandbTracking
+
+        WandbTracking.finish(trainer)
     return snapshots, {"steps": trainer.global_step, "train_loss": float("nan" if loss is None else loss),
                        "moved_max_abs": moved["max_abs"], "moved_wasserstein": moved["wasserstein"]}
 
@@ -263,7 +272,8 @@ def run_drift(target, s: DriftSettings, device: str, out: Path) -> dict:
                                            generator=torch.Generator().manual_seed(seed))
 
     base, others = pair_runs(s, has_attention=bool(attention_modules(target.module)))
-    kw = {"steps": s.steps, "every_n_steps": s.every_n_steps, "device": device}
+    kw = {"tracking": target.tracking, "config": target.resolved, "steps": s.steps, "every_n_steps": s.every_n_steps,
+          "device": device}
     base_dir, base_summary = train_run(target.module, base, loader, out, **kw)
     rows, runs = [], {}
     for pair, spec in others.items():

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -35,6 +36,8 @@ class EfficiencyTarget:
     module: pl.LightningModule
     datamodule: pl.LightningDataModule | None
     config: str
+    tracking: Any = None  # WandbTracking when the config turns W&B on (drift logs its runs there)
+    resolved: dict | None = None  # the parsed config as plain data
 
     @property
     def name(self) -> str:
@@ -137,4 +140,7 @@ def load_target(config: str | Path, overrides: list[str] | None = None, *, num_c
     if datamodule is not None and hasattr(datamodule, "serve"):  # the data-model contract, as the CLI applies it
         datamodule.serve(module.train_on)
         datamodule.setup("fit")
-    return EfficiencyTarget(module, datamodule, str(config))
+    from fimvision.tracking import WandbTracking
+
+    tracking = WandbTracking(**cfg.wandb.as_dict()) if "wandb" in cfg else None
+    return EfficiencyTarget(module, datamodule, str(config), tracking, cfg.as_dict())

@@ -52,9 +52,10 @@ def class_names_for(num_classes: int, class_names: list[str] | None) -> list[str
     return list(class_names) if class_names else [str(i) for i in range(num_classes)]
 
 
-def labelled_metrics(num_classes: int) -> torchmetrics.MetricCollection:
-    """Accuracy, balanced accuracy (macro recall) and macro F1; target -1 (unknown class) is ignored."""
-    kw = {"num_classes": num_classes, "ignore_index": -1}
+def labelled_metrics(num_classes: int, **options: Any) -> torchmetrics.MetricCollection:
+    """Accuracy, balanced accuracy (macro recall) and macro F1; target -1 (unknown class) is ignored.
+    ``options`` go to every metric (e.g. ``sync_on_compute``)."""
+    kw = {"num_classes": num_classes, "ignore_index": -1, **options}
     return torchmetrics.MetricCollection({
         "acc": torchmetrics.classification.MulticlassAccuracy(average="micro", **kw),
         "balanced_acc": torchmetrics.classification.MulticlassRecall(average="macro", **kw),
@@ -220,10 +221,11 @@ class FimvisionTask(pl.LightningModule):
         for name, recall in zip(self.class_names, self.test_recall.compute(), strict=True):
             self.log(f"test_recall_{name}", recall)
         matrix = self.test_confusion.compute().cpu().numpy()
+        self.test_confusion_result = (matrix, self.class_names)  # for trackers (fimvision/tracking.py)
         self.test_recall.reset()
         self.test_confusion.reset()
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective call: on every process
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             confusion_matrix_png(
                 matrix, self.class_names, out / "confusion_matrix.png",
                 title=f"{self.describe()}, {self.hparams.in_chans}-channel input: test set")

@@ -104,7 +104,8 @@ class SSLModule(FimvisionTask):
     def configure_metrics(self) -> None:
         n = self.hparams.num_classes
         self.val_metrics = self.test_metrics = None
-        self.knn_metrics = labelled_metrics(n).clone(prefix="val_knn_") if n >= 2 else None
+        # Every process scores the whole gathered validation set: nothing to synchronise.
+        self.knn_metrics = labelled_metrics(n, sync_on_compute=False).clone(prefix="val_knn_") if n >= 2 else None
 
     # --- shared machinery ------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -147,9 +148,17 @@ class SSLModule(FimvisionTask):
         features = torch.cat([f for f, _ in self._val_features[index]])
         targets = torch.cat([t for _, t in self._val_features[index]])
         if self.trainer.world_size > 1:  # every rank scores the whole validation set
-            features = self.all_gather(features).flatten(0, 1)
-            targets = self.all_gather(targets).flatten(0, 1)
+            features, targets = self._gather_uneven(features), self._gather_uneven(targets)
         return features, targets
+
+    def _gather_uneven(self, tensor: Tensor) -> Tensor:
+        """All processes' rows of ``tensor``, in rank order; the processes may hold different numbers of rows
+        (each image of the validation set is on exactly one)."""
+        sizes = self.all_gather(torch.tensor(len(tensor), device=tensor.device)).tolist()
+        padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[:len(tensor)] = tensor
+        gathered = self.all_gather(padded)
+        return torch.cat([part[:n] for part, n in zip(gathered, sizes, strict=True)])
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_features:
@@ -247,8 +256,11 @@ class MoCo(SSLModule):
 
     @torch.no_grad()
     def _keys(self, x: Tensor) -> Tensor:
-        x, shuffle = batch_shuffle(x)
-        return batch_unshuffle(self.projection_key(self.backbone_key(x)), shuffle).detach()
+        # On several processes the shuffle spans all of them, so batch norm cannot use the batch's own
+        # pairing on any of them (MoCo's shuffling BN).
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        x, shuffle = batch_shuffle(x, distributed=distributed)
+        return batch_unshuffle(self.projection_key(self.backbone_key(x)), shuffle, distributed=distributed).detach()
 
     def ssl_loss(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
         q0, q1 = self.projection(self.backbone(torch.cat(views[:2]))).chunk(2)

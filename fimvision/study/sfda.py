@@ -331,6 +331,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="override the config's seeds")
     parser.add_argument("--root", help="override data.init_args.root (the .mat file, dataset or domains folder)")
     parser.add_argument("--fast-dev-run", action="store_true", help="one batch per run: check the grid runs")
+    parser.add_argument("--wandb", metavar="PROJECT",
+                        help="track every run in this W&B project (grouped by the grid's output folder) and log the "
+                             "summary (accuracy against shots, the table) as a run of its own")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
@@ -347,8 +350,16 @@ def run(argv: list[str] | None = None) -> int:
         for step in [config.source, *config.methods.values()]:
             step.args = [*step.args, f"--data.init_args.root={args.root}"]
     out = Path(args.out)
+    if args.wandb:
+        for step in [config.source, *config.methods.values()]:
+            step.args = [*step.args, "--wandb.enabled=true", f"--wandb.project={args.wandb}", f"--wandb.group={out.name}"]
     results = GridRunner(config, out, fast_dev_run=args.fast_dev_run).run_all(plan_runs(config))
     print(write_report(results, out))
+    if args.wandb:
+        from fimvision.tracking import log_summary
+
+        log_summary(f"{out.name}-summary", args.wandb, out.name, {"accuracy_vs_shots": out / "accuracy_vs_shots.png"},
+                    {"summary": pd.read_csv(out / "summary.csv")}, out)
     print(f"\nresults: {out / 'results.csv'}\nsummary: {out / 'summary.md'}")
     return 0
 

@@ -19,10 +19,11 @@ from fimtest import (
     fit_on_one_batch,
     run_cli,
     run_main,
+    write_digits,
 )
 from PIL import Image
 
-from fimvision.data.domains import DomainDataModule, write_mat_domains
+from fimvision.data.domains import DomainDataModule
 from fimvision.errors import CheckpointError, ConfigError
 from fimvision.models.adaptation import (
     SHOT,
@@ -32,19 +33,10 @@ from fimvision.models.adaptation import (
 )
 
 
-def write_mat(path: Path, per_class: int = 12, classes: int = 10, side: int = 16, seed: int = 0) -> Path:
-    """Tiny learnable digits-like domains: class c lights row c (the target a little dimmer)."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(classes), per_class)
-    x = rng.uniform(0, 0.2, (len(labels), side, side))
-    x[np.arange(len(labels)), labels, :] = 1.0
-    return write_mat_domains(path, (x, labels), (0.8 * x, labels))
-
-
 # ------------------------------------------------------------------------------ modules on tiny data
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    return write_mat(tmp_path_factory.mktemp("digits") / "MNIST_vs_USPS.mat", per_class=12)
+    return write_digits(tmp_path_factory.mktemp("digits") / "MNIST_vs_USPS.mat", per_class=12)
 
 
 @pytest.fixture(scope="module")

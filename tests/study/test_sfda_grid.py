@@ -4,24 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fimtest import CONFIGS
+from fimtest import CONFIGS, write_digits
 
-from fimvision.data.domains import write_mat_domains
 from fimvision.study.sfda import load_grid, main, markdown_table, plan_runs, summarise
 
 GRIDS = CONFIGS / "sfda" / "grid"
-
-
-def tiny_digits(path: Path, per_class: int = 10) -> Path:
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(10), per_class)
-    x = rng.uniform(0, 0.2, (len(labels), 16, 16))
-    x[np.arange(len(labels)), labels, :] = 1.0
-    return write_mat_domains(path, (x, labels), (0.8 * x, labels))
 
 
 def test_plan_runs_shots_only_for_fewshot_methods():
@@ -44,7 +34,7 @@ def test_summary_mean_and_sample_std():
 
 
 def test_mnist_usps_grid_runs_resumes_and_reports(tmp_path, capsys):
-    root = tiny_digits(tmp_path / "MNIST_vs_USPS.mat")
+    root = write_digits(tmp_path / "MNIST_vs_USPS.mat")
     args = ["--config", GRIDS / "mnist_usps.yaml", "--out", tmp_path / "out", "--root", root, "--seeds", "0", "1",
             "--shots", "1", "--methods", "source_only", "ft", "shot", "--fast-dev-run"]
     main([str(a) for a in args])
@@ -92,7 +82,7 @@ def test_grid_config_errors(tmp_path, capsys, text, message):
 def test_a_grid_run_saves_the_config_of_the_equivalent_fit(tmp_path):
     from fimtest import run_cli
 
-    root = tiny_digits(tmp_path / "MNIST_vs_USPS.mat")
+    root = write_digits(tmp_path / "MNIST_vs_USPS.mat")
     limits = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
               f"--data.init_args.root={root}", "--data.init_args.image_size=16"]
     grid = tmp_path / "grid.yaml"

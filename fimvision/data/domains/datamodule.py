@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fimvision.data.base import FimvisionDataModule
+from fimvision.data.base import FewShotSampler, FimvisionDataModule
 from fimvision.data.dataset import ParticleDataset
 from fimvision.data.domains.protocol import label_shift_keep, rng_for, split_target, stratified_split
 from fimvision.data.domains.readers import load_domain, native_channels
@@ -229,7 +229,7 @@ class DomainDataModule(FimvisionDataModule):
                 "test": self.target_labels[self.split.test]}[split]
 
     def _loader(self, dataset) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        return self.evaluation_loader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def training_seed(self) -> int:
         return int(self.hparams.seed)  # the few-shot draws depend on the seed alone, as the protocol says
@@ -255,7 +255,7 @@ class DomainDataModule(FimvisionDataModule):
                                         drop_last=len(data) > self.batch_size)
         batch, batches = self.hparams.fewshot_batch_size, self.hparams.fewshot_batches
         dataset = self.fewshot_dataset(train=True)
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch * batches)
+        sampler = FewShotSampler(dataset, batch * batches)
         return self.training_loader(dataset, batch_size=batch, num_workers=self.num_workers, sampler=sampler)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
