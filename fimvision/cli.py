@@ -41,7 +41,7 @@ from fimvision.console import (
     quiet_third_party,
     user_error_in,
 )
-from fimvision.errors import CheckpointError
+from fimvision.errors import CheckpointError, ConfigError
 from fimvision.loggers import RunCSVLogger
 from fimvision.prediction import PredictionWriter
 from fimvision.tracking import WandbTracking
@@ -342,6 +342,38 @@ class FimvisionCLI(LightningCLI):
             if "channels" in args:
                 return f"--data.init_args.channels={value}"
         return ""
+
+
+class _ParseOnlyCLI(FimvisionCLI):
+    """The CLI's parser and checks of keys and types, instantiating nothing."""
+
+    def _parse_ckpt_path(self) -> None:
+        pass
+
+    def _set_seed(self) -> None:
+        pass
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
+def parse_config(args: list[str]) -> Namespace:
+    """The config `fimvision fit ARGS` would run, parsed (keys and types checked) but not instantiated.
+    Raises a ConfigError with the one-line description of what is wrong."""
+    _PARSERS.clear()
+    try:
+        return _ParseOnlyCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
+                             subclass_mode_data=True, run=False, save_config_callback=None,
+                             args=[str(a) for a in args]).config
+    except argparse.ArgumentError as err:
+        user = user_error_in(err)
+        raise ConfigError(one_line(user) if user else describe_parse_error(err, None)) from err
 
 
 def build_cli(args: list[str] | None = None, *, run: bool = True) -> FimvisionCLI:

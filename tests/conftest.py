@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from fimtest import REPO, fit_cmd, run  # noqa: E402
+from fimtest import BIN, REPO, fit_cmd, run  # noqa: E402
 
 # Two pytest-xdist workers share the two cores: one thread each, no oversubscription.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
@@ -54,3 +54,21 @@ def fitted(work) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FimvisionCLI object" not in result.stdout + result.stderr  # nothing printed after the command's output
     return work / "fitted" / "lightning_logs" / "version_0"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """W&B in offline mode: runs are written to folders (``offline-run-*``), nothing goes to a server."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def agent_env(offline, monkeypatch, tmp_path):
+    """The environment a W&B sweep agent gives its runs; restored afterwards (the agent writes into os.environ)."""
+    monkeypatch.chdir(REPO)  # sweep files name configs relative to the repository, as `wandb agent` runs there
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")  # an agent runs in the activated venv
+    monkeypatch.setenv("WANDB_SWEEP_ID", "localtest")
+    monkeypatch.setenv("WANDB_RUN_ID", "placeholder")
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", "placeholder")

@@ -61,6 +61,11 @@ def exe(name: str) -> str:
     return str(path)
 
 
+def study_cmd(*args) -> list:
+    """`fimvision-study ARGS`, the installed command."""
+    return [exe("fimvision-study"), *[str(a) for a in args]]
+
+
 def run(cmd: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
@@ -191,6 +196,11 @@ def sample_sweep_parameters(parameters: dict, rng) -> dict:
         else:
             raise ValueError(f"parameter {name}: distribution {kind} not emulated")
     return drawn
+
+
+def wandb_runs(folder: Path) -> list[Path]:
+    """The offline W&B run folders under ``folder``."""
+    return sorted(folder.rglob("offline-run-*"))
 
 
 def run_as_wandb_agent(sweep: dict, args: dict, run_id: str, *, wait: bool = True):

@@ -65,7 +65,7 @@ def test_internal_errors_exit_1_with_a_traceback(work):
 
 def test_help_of_every_console_script(work):
     # (Each tool's --help is checked in tests/curation/test_curation_tools_cli.py; below each tool runs here.)
-    cmds = [[exe("fimvision"), "--help"], [exe("fimvision-demo"), "--help"], [exe("fimvision-sfda"), "--help"],
+    cmds = [[exe("fimvision"), "--help"], [exe("fimvision-demo"), "--help"], [exe("fimvision-study"), "--help"],
             [exe("fimvision-efficiency"), "--help"]]
     results = run_all(cmds, work, at_once=4)
     for cmd, result in zip(cmds, results, strict=True):
@@ -77,9 +77,8 @@ def test_help_of_every_console_script(work):
 
 
 def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(f"config: {CONFIGS / 'sfda' / 'mnist_usps.yaml'}\npairs: [[A, B]]\nsource: {{}}\n"
-                    "methods: {x: {model: nope.yaml}}\n")
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\nstages: {a: {axes: {seed: {values: [0]}}, model: nope.yaml}}\n")
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "MNIST_vs_USPS.mat").write_bytes(b"not the published file")
     (tmp_path / "fake" / "COIL1_vs_COIL2.mat").write_bytes(b"")
@@ -92,7 +91,8 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
         (efficiency, 0, None),
         ([exe("fimvision-efficiency"), "benchmark", "--config=missing.yaml"], 2, "config file missing.yaml does not exist"),
         ([exe("fimvision-efficiency"), "bench"], 2, "error:"),
-        ([exe("fimvision-sfda"), "--config", grid, "--out", tmp_path / "sfda"], 2, "key 'x.model'"),
+        ([exe("fimvision-study"), "run", "--config", study, "--out", tmp_path / "study"], 2, "model"),
+        ([exe("fimvision-study"), "report", tmp_path / "nowhere"], 2, "results.csv does not exist"),
         ([*tool["make_synthetic"], "--out", "data", "--antibodies", "1"], 2, "not empty"),
         ([*tool["fetch_data"], "domain-adaptation", "--out", tmp_path / "da", "--from", tmp_path / "fake"], 2,
          "checksum does not match"),

@@ -3,14 +3,11 @@ agent code into real `fimvision` runs, and two agents on one machine."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from fimtest import (
-    BIN,
     CONFIGS,
     REPO,
     fast_args,
@@ -18,7 +15,7 @@ from fimtest import (
     run_as_wandb_agent,
     run_cli,
     sample_sweep_parameters,
-    write_digits,
+    wandb_runs,
 )
 
 WANDB = CONFIGS / "loggers" / "wandb.yaml"
@@ -29,17 +26,6 @@ FAMILY_METRICS = {
     "ssl": {"val_knn_acc", "val_knn_balanced_acc", "val_knn_f1_macro", "val_feature_std"},
     "fewshot": {"val_loss", "val_acc", "val_balanced_acc", "val_f1_macro"},
 }
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-
-
-def wandb_runs(folder) -> list:
-    return sorted(folder.rglob("offline-run-*"))
 
 
 def test_offline_run_holds_the_metrics_config_and_images(offline, synthetic_root, tmp_path):
@@ -89,16 +75,6 @@ def test_sweep_file_is_well_formed(path):
     assert sweep["command"][:5] == ["${env}", "fimvision", "fit", "--config", sweep["command"][4]]
     assert (REPO / sweep["command"][4]).is_file() and sweep["command"][-1] == "${args}"
     assert all(name.startswith(("model.init_args.", "data.init_args.", "trainer.")) for name in sweep["parameters"])
-
-
-@pytest.fixture
-def agent_env(offline, monkeypatch, tmp_path):
-    """The environment an agent gives its runs; restored afterwards (the agent writes into os.environ)."""
-    monkeypatch.chdir(REPO)  # sweep files name configs relative to the repository, as `wandb agent` runs there
-    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")  # an agent runs in the activated venv
-    monkeypatch.setenv("WANDB_SWEEP_ID", "localtest")
-    monkeypatch.setenv("WANDB_RUN_ID", "placeholder")
-    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", "placeholder")
 
 
 def tiny(root, out, family: str) -> dict:
@@ -170,24 +146,3 @@ def test_efficiency_drift_runs_are_tracked(offline, tmp_path):
     runs = [read_wandb_run(d) for d in wandb_runs(tmp_path / "drift")]
     assert len(runs) == 2 and {r["config"]["drift_run.name"] for r in runs} == {"base", "seed"}
     assert all(any("train_loss" in row for row in r["history"]) for r in runs)
-
-
-def test_an_adaptation_grid_logs_its_runs_and_accuracy_against_shots(offline, tmp_path):
-    from fimvision.study.sfda import main
-
-    root = write_digits(tmp_path / "MNIST_vs_USPS.mat")
-    limits = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-              f"--data.init_args.root={root}", "--data.init_args.image_size=16"]
-    sfda = CONFIGS / "sfda"
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({
-        "config": str(sfda / "mnist_usps.yaml"), "pairs": [["MNIST", "USPS"]], "seeds": [0], "shots": [1],
-        "source": {"model": str(sfda / "models" / "source_small_cnn.yaml"), "args": limits},
-        "methods": {"source_only": {}, "ft": {"model": str(sfda / "models" / "ft_all.yaml"),
-                                              "args": [*limits, "--model.init_args.steps=2"]}}}))
-    assert main(["--config", str(grid), "--out", str(tmp_path / "grid"), "--wandb", "fimvision-test"]) == 0
-    runs = {d: read_wandb_run(d) for d in wandb_runs(tmp_path / "grid")}
-    summary = [r for r in runs.values() if any("accuracy_vs_shots/_type" in row for row in r["history"])]
-    assert len(summary) == 1 and any("summary/_type" in row for row in summary[0]["history"])
-    trained = [r for r in runs.values() if r["config"].get("model.class_path", "").endswith(("SourceModel", "FewShotFinetune"))]
-    assert {r["config"]["model.class_path"].rsplit(".", 1)[-1] for r in trained} >= {"SourceModel", "FewShotFinetune"}

@@ -10,7 +10,7 @@ from fimvision.console import make_parser, run_tool
 EPILOG = """\
 data sets:
   domain-adaptation   MNIST_vs_USPS.mat and COIL1_vs_COIL2.mat -> datasets/domain-adaptation/
-                      (configs/sfda/data/mnist_usps*.yaml, configs/sfda/grid/mnist_usps.yaml)
+                      (configs/sfda/data/mnist_usps*.yaml, configs/study/fewshot_sfda.yaml)
 
 examples:
   python tools/fetch_data.py domain-adaptation

@@ -11,8 +11,6 @@ data section of the config (``image_size``, the data module's own ``in_chans`` r
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,29 +62,11 @@ def images_of(batch: dict) -> torch.Tensor:
 
 
 def _parse(config: str | Path, overrides: list[str]) -> Namespace:
-    from fimvision.cli import FimvisionCLI
-
-    class ParseOnlyCLI(FimvisionCLI):
-        def before_instantiate_classes(self) -> None:
-            pass
-
-        def instantiate_classes(self) -> None:
-            pass
-
-        def after_instantiate_classes(self) -> None:
-            pass
+    from fimvision.cli import parse_config
 
     if not Path(config).is_file():
         raise FimvisionError(f"config file {config} does not exist.")
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            cli = ParseOnlyCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                               subclass_mode_data=True, run=False, save_config_callback=None,
-                               args=["--config", str(config), *overrides])
-    except SystemExit as err:
-        raise FimvisionError(f"cannot parse {config} {' '.join(overrides)}:\n{stderr.getvalue().strip()}") from err
-    return cli.config
+    return parse_config(["--config", str(config), *overrides])
 
 
 def _instantiate(group: str, base: type, section: Namespace):

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -213,7 +214,11 @@ class FimvisionTask(pl.LightningModule):
         self.evaluate(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.evaluate(batch, "test")
+        logits = self.evaluate(batch, "test")
+        self._test_outputs.append((batch["index"].cpu(), batch["target"].cpu(), logits.float().softmax(dim=1).cpu()))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def on_test_epoch_end(self) -> None:
         if self.test_metrics is None or not self.test_confusion.update_called:
@@ -225,10 +230,38 @@ class FimvisionTask(pl.LightningModule):
         self.test_recall.reset()
         self.test_confusion.reset()
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective call: on every process
+        predictions = self._gathered_test_predictions()
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             confusion_matrix_png(
                 matrix, self.class_names, out / "confusion_matrix.png",
                 title=f"{self.describe()}, {self.hparams.in_chans}-channel input: test set")
+            pd.DataFrame(matrix, index=self.class_names, columns=self.class_names).rename_axis(
+                "true").to_csv(out / "confusion_matrix.csv")  # rows true, columns predicted
+            predictions.to_csv(out / "test_predictions.csv", index=False, float_format="%.6g")
+
+    def _gathered_test_predictions(self) -> pd.DataFrame:
+        """One row a test image: its index, target, predicted class, confidence and class probabilities, with
+        the manifest's particle id, sample and group where the data module has a manifest (all processes')."""
+        parts = [tuple(torch.cat(column) for column in zip(*self._test_outputs, strict=True))] \
+            if self._test_outputs else []
+        if self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [p for rank in gathered for p in rank]
+        if not parts:
+            return pd.DataFrame()
+        index, target, probs = (torch.cat(c).numpy() for c in zip(*parts, strict=True))
+        frame = pd.DataFrame({"index": index, "target": target, "predicted": probs.argmax(axis=1),
+                              "confidence": probs.max(axis=1)})
+        for i, name in enumerate(self.class_names):
+            frame[f"prob_{name}"] = probs[:, i]
+        manifest = getattr(getattr(self.trainer, "datamodule", None), "manifest", None)
+        if manifest is not None:
+            rows = manifest.frame.iloc[index]
+            for column in ("particle_id", "sample", "group"):
+                if column in rows:
+                    frame[column] = rows[column].to_numpy()
+        return frame.sort_values("index").drop_duplicates("index")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"index": batch["index"], "probs": self(batch["image"]).float().softmax(dim=1)}

@@ -1,1 +1,2 @@
-"""Studies: grids of fimvision runs and their reports (``sfda``: the few-shot source-free adaptation grid)."""
+"""Studies: grids of ordinary `fimvision` runs (``config``), run and resumed (``runner``), reported (``report``);
+the `fimvision-study` command (``cli``)."""
