@@ -46,10 +46,12 @@ from fimvision.loggers import RunCSVLogger
 from fimvision.prediction import PredictionWriter
 from fimvision.tracking import WandbTracking
 
-__all__ = ["FimvisionCLI", "RunCheckpoint", "RunCSVLogger", "build_cli", "main"]
+__all__ = ["FimvisionCLI", "RunCheckpoint", "RunCSVLogger", "build_cli", "fit_and_test", "main"]
 
 # Model arguments that must match between a checkpoint and the data it is used on.
-CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size")
+CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size", "feature_names")
+# Model arguments that say how to evaluate, not what was trained: the command's values win over a checkpoint's.
+EVALUATION_OPTIONS = ("tta", "calibrate")
 # Model arguments that only say where starting weights come from: a full checkpoint (--ckpt_path)
 # supersedes them, so they are not loaded again (no hub download, no need to keep the files).
 STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint": None}
@@ -201,6 +203,8 @@ class FimvisionCLI(LightningCLI):
         parser.link_arguments("data.classes", "model.init_args.class_names", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.img_size", apply_on="instantiate")
+        parser.link_arguments("data.num_features", "model.init_args.num_features", apply_on="instantiate")
+        parser.link_arguments("data.feature_names", "model.init_args.feature_names", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(RunGuard, "run_guard")
         parser.add_lightning_class_args(WandbTracking, "wandb")
@@ -219,11 +223,19 @@ class FimvisionCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path:
             self.checkpoint = read_checkpoint(path)
+        # Lightning puts the checkpoint's hyper-parameters over the command line; evaluation options are this
+        # command's own (`test --model.init_args.tta=true` on a model trained without it).
+        model = self.config[subcommand].get("model") if subcommand else None
+        init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        asked = {k: init_args.get(k) for k in EVALUATION_OPTIONS if init_args is not None and k in init_args}
         try:
             super()._parse_ckpt_path()
         except argparse.ArgumentError as err:
             raise CheckpointError(f"checkpoint {path} was saved by a model these settings cannot rebuild "
                                   f"({describe_parse_error(err, None)}). Give the config it was trained with.") from err
+        init_args = self.config[subcommand].model.get("init_args") if asked else None
+        for key, value in asked.items():
+            init_args[key] = value
 
     def _checkpoint_hparams(self) -> dict:
         return dict((self.checkpoint or {}).get("hyper_parameters") or {})
@@ -330,6 +342,8 @@ class FimvisionCLI(LightningCLI):
         args = self.active_config.data.get("init_args", {})
         if key == "img_size":
             return f"--data.init_args.image_size={value}"
+        if key == "feature_names":
+            return f"--data.init_args.features=[{','.join(value or [])}]" if value else "--data.init_args.features=null"
         if key in ("class_names", "num_classes"):
             saved = self._checkpoint_hparams().get("class_names")
             return f"--data.init_args.classes=[{','.join(saved)}]" if saved else ""
@@ -391,6 +405,22 @@ def build_cli(args: list[str] | None = None, *, run: bool = True) -> FimvisionCL
                             args=args, run=run)
     finally:
         sys.argv = argv
+
+
+def fit_and_test(args: list[str], *, tta: bool = False) -> tuple[dict[str, float], Path, FimvisionCLI]:
+    """`fimvision fit ARGS` then `test` on the best checkpoint, in this process (the demo and benchmarks
+    drive many runs without paying the imports again). Returns the test metrics (with ``tta``, also the
+    same metrics with test-time augmentation, prefixed ``tta_``), the run folder and the CLI."""
+    cli = build_cli(args, run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    metrics = dict(cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0])
+    run_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
+    if tta:
+        cli.model.hparams.tta = True
+        again = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
+        metrics.update({f"tta_{k}": v for k, v in again.items()})
+        cli.model.hparams.tta = False
+    return metrics, run_dir, cli
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
-"""What `fimvision predict` writes: per-particle probabilities and per-sample verdicts."""
+"""What `fimvision predict` writes: per-particle probabilities, per-sample verdicts and compositions."""
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +12,21 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-from fimvision.errors import OutputExistsError
+from fimvision.composition import sample_composition
+from fimvision.data.manifest import Manifest
+from fimvision.errors import ConfigError, DataError, OutputExistsError
 from fimvision.files import write_atomically
+from fimvision.plots import plt
 
 log = logging.getLogger(__name__)
 
 
+VOLUME_COLUMN = "volume_imaged_ml"
+
+
 def sample_verdicts(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """One row a sample: the class of highest mean probability, that mean as confidence, and the count."""
+    """One row a sample: the class of highest mean probability, that mean as confidence, the number of particles
+    and the mean probability of each class."""
     columns = [f"prob_{c}" for c in classes]
     grouped = predictions.groupby("sample", sort=True)
     mean = grouped[columns].mean()
@@ -27,31 +36,107 @@ def sample_verdicts(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFra
         "confidence": mean.to_numpy().max(axis=1),
         "n_particles": grouped.size().to_numpy(),
     })
-    share = grouped["predicted"].value_counts(normalize=True).unstack(fill_value=0.0)
     for c in classes:
         verdict[f"mean_prob_{c}"] = mean[f"prob_{c}"].to_numpy()
-        verdict[f"share_predicted_{c}"] = share[c].reindex(mean.index, fill_value=0.0).to_numpy() if c in share else 0.0
     return verdict
 
 
-OUTPUT_FILES = ("predictions.csv", "samples.csv")
+def sample_volumes(manifest: Manifest) -> pd.Series | None:
+    """The imaged volume (mL) of each sample, from the manifest's ``volume_imaged_ml`` column; None without it.
+
+    A sample's cells may be empty (NaN: volume unknown) or repeat its one volume; a cell that is not a positive
+    number, or two volumes in one sample, is a DataError naming the line.
+    """
+    frame = manifest.frame
+    if VOLUME_COLUMN not in frame:
+        return None
+    raw = frame[VOLUME_COLUMN]
+    volume = pd.to_numeric(raw, errors="coerce")
+    bad = np.flatnonzero(raw.notna().to_numpy() & ~(np.isfinite(volume) & (volume > 0)).to_numpy())
+    if len(bad):
+        raise DataError(f"{manifest.where(bad[0], VOLUME_COLUMN)}: '{raw.iloc[bad[0]]}' is not a volume in mL "
+                        f"({len(bad)} such cell(s)). Give the positive fluid volume the instrument imaged for the "
+                        "sample, or leave the cell empty.")
+    samples = frame["sample"].to_numpy() if "sample" in frame else np.full(len(frame), "all")
+    per_sample = volume.groupby(samples)
+    for sample, distinct in per_sample.nunique().items():
+        if distinct > 1:
+            rows = np.flatnonzero((samples == sample) & volume.notna().to_numpy())
+            other = next(r for r in rows if volume.iloc[r] != volume.iloc[rows[0]])
+            raise DataError(f"{manifest.where(other, VOLUME_COLUMN)}: sample '{sample}' has volume "
+                            f"{volume.iloc[other]:g} mL here and {volume.iloc[rows[0]]:g} mL on line "
+                            f"{int(frame['line'].iloc[rows[0]])}. Give each sample one imaged volume.")
+    return per_sample.first()
+
+
+def samples_figure(samples: pd.DataFrame, classes: Sequence[str]) -> plt.Figure:
+    """Per sample, a bar per class: the adjusted fraction with its interval as error bars and the raw
+    (classify-and-count) fraction as a hollow marker; the raw fraction alone without adjusted columns."""
+    adjusted = f"adjusted_fraction_{classes[0]}" in samples
+    width = 0.8 / len(classes)
+    x = np.arange(len(samples))
+    fig, ax = plt.subplots(figsize=(min(2.5 + 0.3 * len(classes) * len(samples), 100), 3.8))
+    for k, c in enumerate(classes):
+        at = x + (k - (len(classes) - 1) / 2) * width
+        raw = samples[f"fraction_{c}"].to_numpy()
+        if adjusted:
+            value = samples[f"adjusted_fraction_{c}"].to_numpy()
+            error = np.clip([value - samples[f"adjusted_fraction_{c}_low"].to_numpy(),
+                             samples[f"adjusted_fraction_{c}_high"].to_numpy() - value], 0, None)
+            ax.bar(at, value, width, yerr=error, capsize=2, label=c)
+            ax.plot(at, raw, "o", mfc="none", mec="black", ms=4, label="predicted share (raw)" if k == 0 else None)
+        else:
+            ax.bar(at, raw, width, label=c)
+    many = len(samples) > 6
+    ax.set_xticks(x, [f"{name}\n(n={n})" for name, n in zip(samples["sample"], samples["n_particles"], strict=True)],
+                  rotation=45 if many else 0, ha="right" if many else "center", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("sample")
+    ax.set_ylabel("fraction of particles")
+    ax.set_title("class fractions corrected for classifier error (ACC),\nwith 95% bootstrap intervals" if adjusted
+                 else "predicted class fractions\n(uncorrected: the model has no validation confusion matrix)",
+                 fontsize=9)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return fig
+
+
+def png_bytes(fig: plt.Figure, dpi: int = 120) -> bytes:
+    """``fig`` laid out as PNG bytes (then closed), for writing atomically."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+OUTPUT_FILES = ("predictions.csv", "samples.csv", "samples.png")
 
 
 class PredictionWriter(pl.callbacks.BasePredictionWriter):
-    """Writes ``predictions.csv`` (one row a particle) and ``samples.csv`` (one row a sample).
+    """Writes ``predictions.csv`` (one row a particle), ``samples.csv`` (one row a sample) and ``samples.png``.
 
-    Several devices: each predicts its share and rank 0 gathers and writes them. Files are written
-    atomically, and existing ones are kept unless ``overwrite``.
+    ``samples.csv`` holds each sample's verdict by mean probability and its class composition: predicted
+    counts and fractions, the fractions adjusted for the classifier's validation errors with 95 % bootstrap
+    intervals (when the model has a validation confusion matrix), and particles per mL (when the manifest
+    has ``volume_imaged_ml``); see docs/prediction.md. Several devices: each predicts its share and rank 0
+    gathers and writes them. Files are written atomically, and existing ones are kept unless ``overwrite``.
 
     Args:
-        output_dir: folder for the two CSV files (default: the run's folder).
-        overwrite: replace existing ``predictions.csv`` / ``samples.csv`` in that folder.
+        output_dir: folder for the output files (default: the run's folder).
+        overwrite: replace existing ``predictions.csv`` / ``samples.csv`` / ``samples.png`` in that folder.
+        bootstrap: bootstrap replicates for the intervals of the adjusted fractions.
+        seed: seed of the bootstrap (the same seed, data and model give the same intervals).
     """
 
-    def __init__(self, output_dir: str | None = None, overwrite: bool = False) -> None:
+    def __init__(self, output_dir: str | None = None, overwrite: bool = False, bootstrap: int = 1000,
+                 seed: int = 0) -> None:
         super().__init__(write_interval="epoch")
+        if bootstrap < 1:
+            raise ConfigError(f"--prediction_writer.bootstrap must be at least 1, got {bootstrap}")
         self.output_dir = output_dir
         self.overwrite = overwrite
+        self.bootstrap = bootstrap
+        self.seed = seed
 
     def folder(self, trainer: pl.Trainer) -> Path:
         """Where the files go; resolved once on every process (trainer.log_dir is a collective call)."""
@@ -60,12 +145,16 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
         return self._folder
 
     def check_output(self, trainer: pl.Trainer) -> None:
-        """Refuse, before any work, to write over earlier predictions (unless ``overwrite``)."""
+        """Refuse, before any work, what would fail at the end: writing over earlier predictions (unless
+        ``overwrite``) or a ``volume_imaged_ml`` column that cannot be used."""
         existing = [str(self.folder(trainer) / name) for name in OUTPUT_FILES if (self.folder(trainer) / name).exists()]
         if existing and not self.overwrite:
             raise OutputExistsError(f"{' and '.join(existing)} already exist(s) and would be written over. Choose "
                                     "another folder (--prediction_writer.output_dir=DIR) or replace them "
                                     "(--prediction_writer.overwrite=true).")
+        manifest = getattr(trainer.datamodule, "manifest", None)
+        if manifest is not None:
+            sample_volumes(manifest)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._folder = None
@@ -89,7 +178,8 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
         if not len(index):
             return
         classes = list(pl_module.class_names)
-        frame = trainer.datamodule.manifest.frame.iloc[index]
+        manifest = trainer.datamodule.manifest
+        frame = manifest.frame.iloc[index]
         out = pd.DataFrame({
             "particle_id": frame["particle_id"].to_numpy() if "particle_id" in frame else index,
             "image": frame["image"].to_numpy(),
@@ -102,12 +192,32 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
             out[f"prob_{c}"] = probs[:, i]
         folder = self.folder(trainer)
         self.check_output(trainer)  # again: another process may have written meanwhile
-        samples = sample_verdicts(out, classes)
+        samples = self.samples(out, classes, getattr(pl_module, "validation_confusion", None), sample_volumes(manifest))
+        figure = png_bytes(samples_figure(samples, classes))
         write_atomically(folder / "predictions.csv", lambda p: out.to_csv(p, index=False, float_format="%.6g"))
         write_atomically(folder / "samples.csv", lambda p: samples.to_csv(p, index=False, float_format="%.6g"))
+        write_atomically(folder / "samples.png", lambda p: p.write_bytes(figure))
         labelled = out["label"] != ""
         accuracy = (out.loc[labelled, "label"] == out.loc[labelled, "predicted"]).mean() if labelled.any() else np.nan
         log.info("wrote %s (%d particles) and %s (%d samples)%s", folder / "predictions.csv", len(out),
                  folder / "samples.csv", len(samples),
                  f"; accuracy on the {labelled.sum()} labelled particles: {accuracy:.3f}" if labelled.any() else "")
-        print(f"predictions: {folder / 'predictions.csv'}\nsample verdicts: {folder / 'samples.csv'}")
+        print(f"predictions: {folder / 'predictions.csv'}\nsample verdicts and compositions: {folder / 'samples.csv'}"
+              f" (figure: {folder / 'samples.png'})")
+
+    def samples(self, particles: pd.DataFrame, classes: list[str], confusion: np.ndarray | None,
+                volumes: pd.Series | None) -> pd.DataFrame:
+        """The rows of ``samples.csv``: verdicts, then compositions; says once why adjusted columns are missing."""
+        if confusion is None:
+            log.warning("the model has no validation confusion matrix (a checkpoint saved before fimvision kept "
+                        "one): samples.csv has the predicted class fractions but no adjusted_fraction_* columns "
+                        "corrected for classifier error")
+        else:
+            confusion = np.asarray(confusion)
+            unvalidated = [c for c, n in zip(classes, confusion.sum(axis=1), strict=True) if n == 0]
+            if unvalidated:
+                log.warning("class(es) %s had no validation particles: their errors are unknown, so the adjusted "
+                            "fractions take their predictions at face value", unvalidated)
+        composition = sample_composition(particles, classes, confusion=confusion, volumes=volumes,
+                                         n_boot=self.bootstrap, seed=self.seed)
+        return sample_verdicts(particles, classes).merge(composition, on="sample", validate="one_to_one")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from fimtest import (
     CONFIGS,
@@ -15,6 +19,8 @@ from fimtest import (
     run_cli,
     run_main,
 )
+
+from fimvision.composition import adjusted_fractions, misclassification_matrix
 
 SUPERVISED = sorted(p for p in (CONFIGS / "supervised").glob("*.yaml"))
 
@@ -149,8 +155,8 @@ def test_predict_writes_particles_and_sample_verdicts(trained, dataset_copy, tmp
     root = dataset_copy
     truth = rewrite_manifest(root, lambda f: f)
     rewrite_manifest(root, lambda f: f.drop(columns=["label"]))
-    run_cli(["predict", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, tmp_path),
-             f"--ckpt_path={ckpt}", f"--prediction_writer.output_dir={tmp_path / 'pred'}"])
+    cli = run_cli(["predict", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, tmp_path),
+                   f"--ckpt_path={ckpt}", f"--prediction_writer.output_dir={tmp_path / 'pred'}"])
     particles = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     samples = pd.read_csv(tmp_path / "pred" / "samples.csv")
     assert len(particles) == len(truth)
@@ -163,6 +169,88 @@ def test_predict_writes_particles_and_sample_verdicts(trained, dataset_copy, tmp
     assert one["n_particles"] == len(mine)
     assert one["confidence"] == pytest.approx(mine[["prob_heat", "prob_mechanical"]].mean().max(), abs=1e-5)
     assert one["verdict"] == mine[["prob_heat", "prob_mechanical"]].mean().idxmax().removeprefix("prob_")
+    assert one["count_heat"] == (mine["predicted"] == "heat").sum()
+    assert one["fraction_mechanical"] == pytest.approx((mine["predicted"] == "mechanical").mean(), abs=1e-6)
+    assert not any(c.startswith(("per_ml", "total_per_ml", "adjusted_per_ml")) for c in samples)  # no volumes
+    # The checkpoint carries its validation confusion matrix, and the compositions are adjusted with it.
+    confusion = cli.model.validation_confusion
+    assert confusion.shape == (2, 2) and confusion.sum() > 0
+    raw = samples[["fraction_heat", "fraction_mechanical"]].to_numpy()
+    np.testing.assert_allclose(samples[["adjusted_fraction_heat", "adjusted_fraction_mechanical"]].to_numpy(),
+                               adjusted_fractions(misclassification_matrix(confusion), raw), atol=1e-5)
+    assert (tmp_path / "pred" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+class SetValidationConfusion(pl.Callback):
+    """Gives the model a validation confusion matrix (or none, as an older checkpoint) once it is restored."""
+
+    def __init__(self, matrix: np.ndarray | None) -> None:
+        self.matrix = matrix
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        pl_module.validation_confusion = self.matrix
+
+
+def predict_with_confusion(ckpt, root, out, confusion):
+    """`fimvision predict` of ``ckpt`` on ``root`` with the model's validation confusion set to ``confusion``;
+    returns (samples.csv, predictions.csv) as frames."""
+    cli = run_cli(["--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(root, out),
+                   f"--prediction_writer.output_dir={out / 'pred'}", "--prediction_writer.bootstrap=200"], run=False)
+    cli.trainer.callbacks.append(SetValidationConfusion(confusion))
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    assert (out / "pred" / "samples.png").stat().st_size > 5000
+    return pd.read_csv(out / "pred" / "samples.csv"), pd.read_csv(out / "pred" / "predictions.csv")
+
+
+def test_predict_adjusts_compositions_and_counts_per_ml(trained, dataset_copy, tmp_path):
+    frame = rewrite_manifest(dataset_copy, lambda f: f.drop(columns=["volume_imaged_ml"], errors="ignore"))
+    names = sorted(set(frame["sample"]))
+    volume = {s: "" if k == 0 else f"{0.1 * k:g}" for k, s in enumerate(names)}  # the first sample's is unknown
+    rewrite_manifest(dataset_copy, lambda f: f.assign(volume_imaged_ml=f["sample"].map(volume)))
+    confusion = np.array([[30, 10], [5, 35]])
+    samples, particles = predict_with_confusion(trained[0], dataset_copy, tmp_path, confusion)
+    assert samples["sample"].tolist() == names
+    classes = ["heat", "mechanical"]
+    for c in classes:
+        counts = particles.groupby("sample")["predicted"].apply(lambda p, c=c: (p == c).sum())
+        assert samples[f"count_{c}"].tolist() == counts.reindex(names).tolist()
+        assert ((samples[f"adjusted_fraction_{c}_low"] <= samples[f"adjusted_fraction_{c}"] + 1e-6)
+                & (samples[f"adjusted_fraction_{c}"] <= samples[f"adjusted_fraction_{c}_high"] + 1e-6)).all()
+    raw = samples[[f"fraction_{c}" for c in classes]].to_numpy()
+    np.testing.assert_allclose(samples[[f"adjusted_fraction_{c}" for c in classes]].to_numpy(),
+                               adjusted_fractions(misclassification_matrix(confusion), raw), atol=1e-5)
+    first, known = samples.iloc[0], samples.iloc[1:]
+    volumes = known["sample"].map(volume).astype(float)
+    np.testing.assert_allclose(known["total_per_ml"], known["n_particles"] / volumes, rtol=1e-5)
+    np.testing.assert_allclose(known["per_ml_heat"], known["count_heat"] / volumes, rtol=1e-5)
+    np.testing.assert_allclose(known["adjusted_per_ml_mechanical"],
+                               known["n_particles"] * known["adjusted_fraction_mechanical"] / volumes, rtol=1e-5)
+    assert (known["adjusted_per_ml_heat_low"] <= known["adjusted_per_ml_heat_high"]).all()
+    assert first[["total_per_ml", "per_ml_heat", "adjusted_per_ml_heat", "adjusted_per_ml_heat_high"]].isna().all()
+
+
+def test_predict_without_validation_confusion_says_why_once(trained, dataset_copy, tmp_path, caplog):
+    rewrite_manifest(dataset_copy, lambda f: f.drop(columns=["volume_imaged_ml"], errors="ignore"))
+    with caplog.at_level(logging.WARNING, logger="fimvision"):
+        samples, _ = predict_with_confusion(trained[0], dataset_copy, tmp_path, None)
+    assert [c for c in samples if c.startswith(("adjusted", "per_ml", "total_per_ml"))] == []
+    assert {"count_heat", "fraction_mechanical", "verdict", "mean_prob_heat"} <= set(samples.columns)
+    assert caplog.text.count("no validation confusion matrix") == 1
+
+
+def test_unusable_volumes_exit_2_before_predicting(trained, dataset_copy, tmp_path, capsys):
+    ckpt, _ = trained
+    args = ["predict", "--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(dataset_copy, tmp_path),
+            f"--ckpt_path={ckpt}", f"--prediction_writer.output_dir={tmp_path / 'pred'}"]
+    frame = rewrite_manifest(dataset_copy, lambda f: f.assign(volume_imaged_ml=["0.5"] * len(f)))
+    first = frame.index[frame["sample"] == frame["sample"][0]]
+    rewrite_manifest(dataset_copy, lambda f: f.assign(volume_imaged_ml=f["volume_imaged_ml"].where(
+        f.index != first[1], "0.25 mL")))
+    expect_exit(args, capsys, f"line {first[1] + 2}, column 'volume_imaged_ml': '0.25 mL' is not a volume in mL")
+    rewrite_manifest(dataset_copy, lambda f: f.assign(volume_imaged_ml=f["volume_imaged_ml"].where(
+        f.index != first[1], "0.25")))
+    expect_exit(args, capsys, f"sample '{frame['sample'][0]}' has volume 0.25 mL here and 0.5 mL on line 2")
+    assert not (tmp_path / "pred").exists()
 
 
 def test_checkpoint_mismatch_is_explained(trained, synthetic_root, tmp_path, capsys):

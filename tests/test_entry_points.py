@@ -66,8 +66,8 @@ def test_internal_errors_exit_1_with_a_traceback(work):
 def test_help_of_every_console_script(work):
     # (Each tool's --help is checked in tests/curation/test_curation_tools_cli.py; below each tool runs here.)
     cmds = [[exe("fimvision"), "--help"], [exe("fimvision-demo"), "--help"], [exe("fimvision-study"), "--help"],
-            [exe("fimvision-efficiency"), "--help"]]
-    results = run_all(cmds, work, at_once=4)
+            [exe("fimvision-efficiency"), "--help"], [exe("fimvision-baseline"), "--help"]]
+    results = run_all(cmds, work, at_once=5)
     for cmd, result in zip(cmds, results, strict=True):
         assert result.returncode == 0 and result.stdout.startswith("usage:"), (cmd, result.stderr[-500:])
     main_help = results[0].stdout
@@ -93,6 +93,8 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
         ([exe("fimvision-efficiency"), "bench"], 2, "error:"),
         ([exe("fimvision-study"), "run", "--config", study, "--out", tmp_path / "study"], 2, "model"),
         ([exe("fimvision-study"), "report", tmp_path / "nowhere"], 2, "results.csv does not exist"),
+        ([exe("fimvision-baseline"), "--config", SUPERVISED, "--data.init_args.root=data"], 2, "needs features"),
+        ([exe("fimvision-baseline"), "--data.init_args.root=data"], 2, "--config FILE"),
         ([*tool["make_synthetic"], "--out", "data", "--antibodies", "1"], 2, "not empty"),
         ([*tool["fetch_data"], "domain-adaptation", "--out", tmp_path / "da", "--from", tmp_path / "fake"], 2,
          "checksum does not match"),

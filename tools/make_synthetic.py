@@ -3,7 +3,10 @@
 
 Defaults mirror the founding study: 8 antibodies x 2 stress sources (heat, mechanical) x 1,000
 particles = 16,000 particles. The images are generated, not measured; the folder's README.txt and
-the manifest's `instrument` column (synthetic-flowcam) say so.
+the manifest's `instrument` column (synthetic-flowcam) say so. Measured features (esd_um, circularity,
+aspect_ratio, convexity, edge_gradient, avg_red/avg_green/avg_blue, ...) come from each tile's mask and
+pixels; --format flowcam writes them into the matching .lst/.csv fields, so curating that export with
+tools/curate_flowcam.py gives the same values.
 
 examples:
     python tools/make_synthetic.py --out datasets/synthetic

@@ -15,7 +15,7 @@ from fimvision.curation.flowcam import (
     read_flowcam_csv,
     read_lst,
 )
-from fimvision.curation.flowcam_writer import write_flowcam_run, write_flowcam_runs
+from fimvision.curation.flowcam_writer import write_flowcam_library, write_flowcam_run, write_flowcam_runs
 from fimvision.curation.merge import merge_datasets
 from fimvision.curation.mfi import curate_mfi, read_mfi_csv
 from fimvision.curation.qc import FilterSettings, class_balance, filter_dataset, phash
@@ -25,4 +25,4 @@ from fimvision.errors import CurationError
 __all__ = ["CurationError", "FilterSettings", "class_balance", "curate_flowcam", "curate_mfi",
            "filter_dataset", "find_run", "find_tiles", "merge_datasets", "phash", "read_cla", "read_ctx",
            "read_flowcam_csv", "read_lst", "read_mfi_csv", "split_collages", "split_dataset",
-           "write_flowcam_run", "write_flowcam_runs"]
+           "write_flowcam_library", "write_flowcam_run", "write_flowcam_runs"]

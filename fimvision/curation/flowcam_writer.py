@@ -4,7 +4,10 @@ A run folder gets what a VisualSpreadsheet 4.19 export holds, in the same layout
 :mod:`fimvision.curation.flowcam` reads: collages ``RUN_00000N.tif`` (RGB tiles on black, packed row
 by row with a 2-px black gap, 1292 x 964 px like the camera), masks ``RUN_00000N_bin.tif`` (0/255),
 ``RUN.lst`` (format 017, the same 65 fields), ``RUN.csv`` (the same 72 columns), ``RUN.cla`` (v3,
-one class a label; unlabelled particles are in none), ``RUN.ctx`` and ``RUN_run_summary.txt``.
+one class a label; unlabelled particles are in none), ``RUN.ctx`` and ``RUN_run_summary.txt`` (with a
+``Fluid Volume Imaged`` of the particle count / :data:`PARTICLES_PER_ML`). A class library
+(:func:`write_flowcam_library`) gets ``LIB.flb`` (the same 017 layout) and collages
+``LIB_lib_images_00000N.tif`` with their ``_bin.tif`` masks.
 
 Particle ids are 1..N in the order given, image ids deterministic GUIDs of (run, id), so a run
 written twice is byte-identical. Features the particle carries (``esd_um``, ``circularity``,
@@ -27,6 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fimvision.curation.flowcam.formats import LST_NAMES, normalise_header
+from fimvision.data.synthetic.measure import contours, convexity, edge_gradient, mean_rgb, rgb
 from fimvision.errors import CurationError
 from fimvision.files import OutputFolder
 from fimvision.imageio import write_tiff
@@ -60,6 +64,11 @@ CSV_COLUMNS: tuple[str, ...] = (
     "Symmetry", "Time", "Timestamp", "Transparency", "Volume (ABD)", "Volume (ESD)", "Width",
 )  # fmt: skip
 
+# Manifest names of the .csv columns that have no .lst field (a particle's own value goes there).
+_CSV_ONLY = frozenset(normalise_header(c) for c in CSV_COLUMNS) - {LST_NAMES.get(n, n) for n, _ in LST_FIELDS}
+# A synthetic run's concentration: its summary's "Fluid Volume Imaged" is particles / this (ml). The
+# real colour runs imaged 7,054 and 10,295 particles/ml.
+PARTICLES_PER_ML = 10_000.0
 CANVAS = (964, 1292)  # collage height, width: the camera frame of the real exports
 GAP = 2  # black pixels between tiles, as in the real collages
 _NAMESPACE = uuid.UUID("6f1c8f1e-5a4e-4c1b-9d1e-2b7c3f0a9e55")  # fixed, so image ids are reproducible
@@ -76,57 +85,53 @@ class ParticleLike(Protocol):
 
 
 def _measure(image: np.ndarray, mask: np.ndarray, cal: float) -> dict[str, float]:
-    """.lst values measured from a tile and its mask (pixel and µm units as VisualSpreadsheet)."""
-    mask_u8 = mask.astype(np.uint8)
-    area = float(mask.sum())
-    if area == 0:
-        mask_u8 = np.ones_like(mask_u8)
-        area = float(mask_u8.size)
-    contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    points = np.concatenate(contours)
-    perimeter = sum(cv2.arcLength(c, True) + math.pi for c in contours)
+    """.lst values measured from a tile and its mask (pixel and µm units as VisualSpreadsheet).
+
+    Convexity, edge gradient and mean colours use the synthetic data's definitions
+    (:mod:`fimvision.data.synthetic.measure`), so a particle measured here or there gets one value.
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        mask = np.ones(mask.shape, bool)
+    area = float(np.count_nonzero(mask))
+    outline = contours(mask)
+    points = np.concatenate(outline)
+    perimeter = sum(cv2.arcLength(c, True) + math.pi for c in outline)
     hull = cv2.convexHull(points)
     hull_perimeter = cv2.arcLength(hull, True) + math.pi
-    hull_area = max(area, float(cv2.contourArea(hull)))
     (_, _), (rw, rh), angle = cv2.minAreaRect(points)
     length, width = max(rw, rh, 1.0), max(min(rw, rh), 1.0)
-    moments = cv2.moments(mask_u8, binaryImage=True)
+    moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
     mu20, mu02, mu11 = (moments[k] / max(moments["m00"], 1.0) for k in ("mu20", "mu02", "mu11"))
     root = math.sqrt(max(0.0, ((mu20 - mu02) / 2) ** 2 + mu11**2))
     major = 4 * math.sqrt(max(1e-12, (mu20 + mu02) / 2 + root))
     minor = 4 * math.sqrt(max(1e-12, (mu20 + mu02) / 2 - root))
-    rgb = image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
-    pixels = rgb[mask_u8 > 0].astype(np.float64)
-    grey = pixels @ np.array([0.299, 0.587, 0.114])
-    gradient = cv2.morphologyEx(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-    edge = cv2.morphologyEx(mask_u8, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    grey = rgb(image)[mask].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    red, green, blue = mean_rgb(image, mask)
     abd = 2 * math.sqrt(area / math.pi) * cal
     return {
-        "raw_area": area, "raw_filled_area": area, "raw_convex_hull_area": hull_area, "raw_perimeter": perimeter,
-        "raw_convex_perimeter": hull_perimeter, "raw_feret_max": length, "raw_feret_min": width,
-        "raw_feret_mean": (length + width) / 2, "raw_legendre_major": major, "raw_legendre_minor": minor,
-        "abd_area": area * cal**2, "filled_area": area * cal**2, "abd_diameter": abd, "esd_diameter": abd,
-        "fd_diameter": abd, "length": length * cal, "width": width * cal, "perimeter": perimeter * cal,
-        "convex_perimeter": hull_perimeter * cal, "intensity": float(grey.mean()),
+        "raw_area": area, "raw_filled_area": area, "raw_convex_hull_area": float(cv2.contourArea(hull)),
+        "raw_perimeter": perimeter, "raw_convex_perimeter": hull_perimeter, "raw_feret_max": length,
+        "raw_feret_min": width, "raw_feret_mean": (length + width) / 2, "raw_legendre_major": major,
+        "raw_legendre_minor": minor, "abd_area": area * cal**2, "filled_area": area * cal**2, "abd_diameter": abd,
+        "esd_diameter": abd, "fd_diameter": abd, "length": length * cal, "width": width * cal,
+        "perimeter": perimeter * cal, "convex_perimeter": hull_perimeter * cal, "intensity": float(grey.mean()),
         "sigma_intensity": float(grey.std()), "sum_intensity": float(grey.sum()),
         "compactness": perimeter**2 / (4 * math.pi * area), "elongation": length / width,
-        "roughness": perimeter / max(hull_perimeter, 1e-9), "edge_gradient": float(gradient[edge].mean()) if edge.any() else 0.0,
+        "roughness": perimeter / max(hull_perimeter, 1e-9), "edge_gradient": edge_gradient(image, mask),
         "circle_fit": 0.0, "symmetry": 0.0, "circularity_hu": 0.0, "feret_max_angle": float(angle),
-        "feret_min_angle": float(angle) - 90.0, "avg_red": float(pixels[:, 0].mean()),
-        "avg_green": float(pixels[:, 1].mean()), "avg_blue": float(pixels[:, 2].mean()),
+        "feret_min_angle": float(angle) - 90.0, "avg_red": red, "avg_green": green, "avg_blue": blue,
     }  # fmt: skip
 
 
-def _override(values: dict[str, float], features: Mapping[str, float], cal: float) -> dict[str, float]:
+def _override(values: dict[str, float], features: Mapping[str, float]) -> dict[str, float]:
     """Put the particle's own features (manifest names) in place of measured .lst values."""
     lst_of = {canonical: lst for lst, canonical in LST_NAMES.items()}
+    lst_of["mean_intensity"] = "intensity"
     for name, value in features.items():
-        if name == "esd_um":
-            values["esd_diameter"] = float(value)
-        elif name in ("mean_intensity", "intensity"):
-            values["intensity"] = float(value)
-        elif name in lst_of and lst_of[name] in values:
-            values[lst_of[name]] = float(value)
+        target = lst_of.get(name, name)  # avg_red, edge_gradient, intensity, ...: the same name in the .lst
+        if target in values and isinstance(value, int | float):
+            values[target] = float(value)
     return values
 
 
@@ -144,6 +149,8 @@ class RunWriter:
     name: str
     cal_const: float = 0.5544
     canvas: tuple[int, int] = CANVAS
+    particles_per_ml: float = PARTICLES_PER_ML
+    library: bool = False
     rows: list[dict[str, object]] = field(default_factory=list)
     extras: list[dict[str, float]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -155,7 +162,7 @@ class RunWriter:
     _row_height: int = 0
 
     def _collage_name(self) -> str:
-        return f"{self.name}_{self._number:06d}.tif"
+        return f"{self.name}{'_lib_images' if self.library else ''}_{self._number:06d}.tif"
 
     def _new_collage(self) -> None:
         self._flush()
@@ -176,7 +183,7 @@ class RunWriter:
 
     def add(self, particle: ParticleLike) -> int:
         """Place one particle; returns its particle id (1-based)."""
-        image = particle.image if particle.image.ndim == 3 else np.repeat(particle.image[:, :, None], 3, axis=2)
+        image = rgb(particle.image)
         if image.dtype != np.uint8:
             raise CurationError(f"particle images must be uint8 RGB, got {image.dtype}", file=self.folder)
         h, w = image.shape[:2]
@@ -196,7 +203,7 @@ class RunWriter:
         self._x += w + GAP
         self._row_height = max(self._row_height, h)
         pid = len(self.rows) + 1
-        values = _override(_measure(image, particle.mask, self.cal_const), particle.features, self.cal_const)
+        values = _override(_measure(image, particle.mask, self.cal_const), particle.features)
         row: dict[str, object] = dict.fromkeys((n for n, _ in LST_FIELDS), 0)
         row.update(values)
         stamp = _START + timedelta(seconds=0.25 * pid)
@@ -209,20 +216,31 @@ class RunWriter:
         self.labels.append(particle.label or "")
         return pid
 
+    @property
+    def volume_imaged_ml(self) -> float:
+        """The run's fluid volume imaged: its particles at :attr:`particles_per_ml` (ml)."""
+        return len(self.rows) / self.particles_per_ml
+
     def finish(self, *, classification: str = "fimvision_truth") -> Path:
-        """Write the last collage and the .lst, .csv, .cla, .ctx and run summary; returns the .lst."""
+        """Write the last collage and the .lst, .csv, .cla, .ctx and run summary; returns the .lst.
+
+        A class library (``library``) gets its ``.flb`` only (the .lst layout; no run files).
+        """
         self._flush()
-        lst = self.folder / f"{self.name}.lst"
+        listing = self.folder / f"{self.name}{'.flb' if self.library else '.lst'}"
         lines = ["017", f"num-fields|{len(LST_FIELDS)}", *(f"{n}|{t}" for n, t in LST_FIELDS)]
         lines += ["|".join(_fmt(row[n]) for n, _ in LST_FIELDS) for row in self.rows]
-        lst.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if self.library:
+            return listing
         self._write_csv()
         self._write_cla(classification)
         self._write_ctx()
         (self.folder / f"{self.name}_run_summary.txt").write_text(
-            f"Run:\n\tParticle Count: {len(self.rows)}\n\nEnvironment:\n\tSoftware: fimvision synthetic export "
-            f"(VisualSpreadsheet 4.19 layout)\n\tCalibration Factor: {self.cal_const}\n", encoding="utf-8")
-        return lst
+            f"Run:\n\tFluid Volume Imaged: {self.volume_imaged_ml:.4f} ml\n\tParticle Count: {len(self.rows)}\n\n"
+            f"Environment:\n\tSoftware: fimvision synthetic export (VisualSpreadsheet 4.19 layout)\n"
+            f"\tCalibration Factor: {self.cal_const}\n", encoding="utf-8")
+        return listing
 
     def _write_csv(self) -> None:
         records = []
@@ -233,11 +251,11 @@ class RunWriter:
                 "aspect_ratio": float(row["raw_legendre_minor"]) / max(float(row["raw_legendre_major"]), 1e-9),
                 "circularity": min(1.0, 4 * math.pi * area / max(float(row["raw_perimeter"]), 1e-9) ** 2),
                 "transparency": 1 - float(row["abd_diameter"]) / max(esd, 1e-9),
-                "convexity": float(row["raw_area"]) / max(float(row["raw_convex_hull_area"]), 1e-9),
+                "convexity": convexity(float(row["raw_filled_area"]), float(row["raw_convex_hull_area"])),
                 "volume_abd_um3": math.pi / 6 * float(row["abd_diameter"]) ** 3, "volume_esd_um3": math.pi / 6 * esd**3,
                 "date": str(row["timestamp"])[:10], "time": str(row["timestamp"])[11:19],
             })  # fmt: skip
-            canonical.update({k: v for k, v in extra.items() if k in ("aspect_ratio", "circularity")})
+            canonical.update({k: v for k, v in extra.items() if k in _CSV_ONLY})  # the particle's own values
             records.append([_fmt(canonical.get(normalise_header(c), 0)) for c in CSV_COLUMNS])
         pd.DataFrame(records, columns=list(CSV_COLUMNS)).to_csv(self.folder / f"{self.name}.csv", index=False)
 
@@ -258,6 +276,21 @@ class RunWriter:
         (self.folder / f"{self.name}.ctx").write_text(text, encoding="utf-8")
 
 
+def _write_one(out_dir: str | Path, particles: Iterable[ParticleLike], name: str | None, *, library: bool,
+               cal_const: float, overwrite: bool, progress: bool) -> Path:
+    out = Path(out_dir).expanduser().resolve()
+    run_name = name or out.name
+    with OutputFolder(out, overwrite=overwrite) as tmp:
+        writer = RunWriter(folder=tmp, name=run_name, cal_const=cal_const, library=library)
+        what = "library" if library else "run"
+        for particle in tqdm(particles, desc=f"{what} {run_name}", unit="particle", disable=not progress):
+            writer.add(particle)
+        if not writer.rows:
+            raise CurationError("no particle to write", file=out)
+        writer.finish()
+    return out
+
+
 def write_flowcam_run(out_dir: str | Path, particles: Iterable[ParticleLike], *, name: str | None = None,
                       cal_const: float = 0.5544, overwrite: bool = False, progress: bool = False) -> Path:
     """Write ``particles`` as one run export in ``out_dir`` (named ``name``, default the folder's name).
@@ -265,16 +298,21 @@ def write_flowcam_run(out_dir: str | Path, particles: Iterable[ParticleLike], *,
     Returns the run folder. The folder is written atomically and refused if it exists and is not
     empty, unless ``overwrite``.
     """
-    out = Path(out_dir).expanduser().resolve()
-    run_name = name or out.name
-    with OutputFolder(out, overwrite=overwrite) as tmp:
-        writer = RunWriter(folder=tmp, name=run_name, cal_const=cal_const)
-        for particle in tqdm(particles, desc=f"run {run_name}", unit="particle", disable=not progress):
-            writer.add(particle)
-        if not writer.rows:
-            raise CurationError("no particle to write", file=out)
-        writer.finish()
-    return out
+    return _write_one(out_dir, particles, name, library=False, cal_const=cal_const, overwrite=overwrite,
+                      progress=progress)
+
+
+def write_flowcam_library(out_dir: str | Path, particles: Iterable[ParticleLike], name: str | None = None, *,
+                          cal_const: float = 0.5544, overwrite: bool = False, progress: bool = False) -> Path:
+    """Write ``particles`` as a VisualSpreadsheet class library in ``out_dir``: ``NAME.flb`` (the .lst 017
+    layout) and its collages ``NAME_lib_images_00000N.tif`` with masks ``..._bin.tif``.
+
+    ``name`` defaults to the folder's name. Returns the folder (written atomically; an existing
+    non-empty one is refused unless ``overwrite``). The particles' labels are not written: a
+    library's class is its folder or file name.
+    """
+    return _write_one(out_dir, particles, name, library=True, cal_const=cal_const, overwrite=overwrite,
+                      progress=progress)
 
 
 def write_flowcam_runs(out_dir: str | Path, particles: Iterable[ParticleLike], *, per: str = "sample",

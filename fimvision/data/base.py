@@ -30,6 +30,12 @@ class FimvisionDataModule(pl.LightningDataModule):
 
     #: What the training loader can serve (a model's ``train_on`` must be one of them).
     serves: tuple[str, ...] = ("labelled",)
+    #: Numeric features served beside the image (``features`` in each item); none by default.
+    feature_names: list[str] = []
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
 
     def serve(self, train_on: str) -> None:
         """Serve training batches of kind ``train_on`` (the CLI calls this with the model's ``train_on``)."""

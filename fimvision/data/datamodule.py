@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from fimvision.data.base import FimvisionDataModule
-from fimvision.data.dataset import Luminance, Modality, ParticleDataset, decode_images
+from fimvision.data.dataset import ColorNorm, Luminance, Modality, ParticleDataset, decode_images
+from fimvision.data.features import CROP_SIZE, feature_matrix, resolve_features
 from fimvision.data.manifest import Manifest, load_manifest
-from fimvision.data.splits import SplitStrategy, assign_splits, describe
+from fimvision.data.splits import SplitStrategy, assign_splits, describe, subsample_labels
 from fimvision.data.transforms import eval_transform, train_transform
+from fimvision.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,14 @@ class ParticleDataModule(FimvisionDataModule):
         mono_channels: feed mono as 1 channel, or replicated to 3 (for models that want RGB).
         image_size: side of the square model input in pixels.
         keep_scale: pad or centre-crop to ``image_size`` without resizing, so absolute size stays a cue.
+        color_norm: ``background`` divides each crop, channel by channel, by its background colour (the
+            border estimate) so instrument and antibody tint go and the particle's colour contrast stays;
+            ``none`` keeps the camera's colours.
+        features: numeric manifest columns fed beside the image (e.g. ``[esd_um, aspect_ratio]``), or
+            ``instrument`` for every numeric instrument column the curation wrote; the model standardises
+            them on the training split. Missing values are allowed (they become the training mean).
+        size_feature: add ``crop_px``, the log of the crop's longer side, as a feature: absolute size
+            stays a cue when crops are resized to ``image_size``.
         classes: class order; labels outside it are an error. Default: the sorted labels found.
         split: ``sample`` (grouped by vial), ``group`` (leave-one-group-out), ``kfold``, ``random``
             (stratified, particle by particle) or ``predefined`` (the manifest's ``split`` column).
@@ -39,6 +49,11 @@ class ParticleDataModule(FimvisionDataModule):
         num_workers: loader worker processes.
         augment: apply training augmentation (flips, 90° rotations, mild brightness/contrast).
         augment_strength: brightness and contrast jitter limit of the training augmentation (0: flips only).
+        tint: colour-temperature/tint augmentation: each channel's gain drawn in [1 - tint, 1 + tint] (0: off).
+        sampler: ``shuffle`` (every training particle once an epoch) or ``balanced`` (draws with
+            replacement, each class equally often: for imbalanced classes).
+        label_fraction: share of the training split's labelled particles to train on (stratified by class,
+            drawn with ``seed``; for label-efficiency studies). Validation and test are unchanged.
         allow_outside_paths: accept manifest image paths that are absolute or leave the dataset folder
             (``../``); off by default, so a dataset folder is self-contained and can be moved or shared.
     """
@@ -54,6 +69,9 @@ class ParticleDataModule(FimvisionDataModule):
         mono_channels: Literal[1, 3] = 1,
         image_size: int = 64,
         keep_scale: bool = False,
+        color_norm: ColorNorm = "none",
+        features: list[str] | Literal["instrument"] | None = None,
+        size_feature: bool = False,
         classes: list[str] | None = None,
         split: SplitStrategy = "sample",
         fold: int = 0,
@@ -65,6 +83,9 @@ class ParticleDataModule(FimvisionDataModule):
         num_workers: int = 0,
         augment: bool = True,
         augment_strength: float = 0.1,
+        tint: float = 0.0,
+        sampler: Literal["shuffle", "balanced"] = "shuffle",
+        label_fraction: float = 1.0,
         allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
@@ -85,11 +106,19 @@ class ParticleDataModule(FimvisionDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.augment_strength = augment_strength
+        self.color_norm = color_norm
+        self.tint = tint
+        self.sampler = sampler
+        if not 0 < label_fraction <= 1:
+            raise ConfigError(f"label_fraction must be in (0, 1], got {label_fraction}.")
+        self.label_fraction = label_fraction
         # Read (not decode) the manifest now: the model's number of classes is linked to it.
         self.manifest: Manifest = load_manifest(root, classes=classes,
                                                require_labels=self.require_labels and classes is None,
                                                allow_outside_paths=allow_outside_paths)
+        self.feature_names: list[str] = resolve_features(self.manifest, features) + [CROP_SIZE] * size_feature
         self._images: np.ndarray | None = None
+        self._features: np.ndarray | None = None
         self.datasets: dict[str, ParticleDataset] = {}
 
     @property
@@ -107,20 +136,30 @@ class ParticleDataModule(FimvisionDataModule):
 
     def _decode(self) -> np.ndarray:
         if self._images is None:
+            sizes = np.zeros(len(self.manifest.frame), dtype=np.float32)
             self._images = decode_images(self.manifest, range(len(self.manifest.frame)), image_size=self.image_size,
                                          keep_scale=self.keep_scale, modality=self.modality,
-                                         luminance_formula=self.luminance)
+                                         luminance_formula=self.luminance, color_norm=self.color_norm, sizes=sizes)
+            if self.feature_names:
+                self._features = feature_matrix(self.manifest, self.feature_names, crop_sizes=sizes)
         return self._images
+
+    def train_features(self) -> np.ndarray:
+        """The raw features of the training split (N x F, NaN where missing): what the model standardises on."""
+        data = self.datasets["train"]
+        return data.features[data.positions] if data.features is not None else np.empty((len(data), 0), np.float32)
 
     def _dataset(self, rows: np.ndarray, train: bool) -> ParticleDataset:
         mono = self.modality == "mono"
         if train and self.augment:
             s = self.augment_strength
-            transform = train_transform(self.in_chans, mono, brightness=s, contrast=s)
+            transform = train_transform(self.in_chans, mono, brightness=s, contrast=s, tint=self.tint)
         else:
             transform = eval_transform(self.in_chans, mono)
         targets = np.asarray(self.manifest.targets())[rows]
-        return ParticleDataset(self._decode(), rows, targets, rows, transform, channels_out=self.in_chans)
+        images = self._decode()
+        return ParticleDataset(images, rows, targets, rows, transform, channels_out=self.in_chans,
+                               features=self._features)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -134,11 +173,16 @@ class ParticleDataModule(FimvisionDataModule):
         labelled = np.flatnonzero(self.manifest.labelled.to_numpy())
         split_of = np.full(len(frame), "", dtype=object)
         if len(labelled):
+            notes: list[str] = []
             splits = assign_splits(frame.iloc[labelled], self.split, fold=self.fold, n_folds=self.n_folds,
-                                   val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed)
-            split_of[labelled] = splits
-            log.info("split '%s' (fold %d), particles per class:\n%s", self.split, self.fold,
-                     describe(frame.iloc[labelled], splits).to_string())
+                                   val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed,
+                                   notes=notes)
+            if self.label_fraction < 1:
+                splits = subsample_labels(frame.iloc[labelled], splits, self.label_fraction, seed=self.seed)
+                notes.append(f"training on {self.label_fraction:.0%} of the training labels ('unused' column)")
+            split_of[labelled] = np.where(splits == "unused", "", splits)
+            log.info("split '%s' (fold %d), particles per class:\n%s%s", self.split, self.fold,
+                     describe(frame.iloc[labelled], splits).to_string(), "".join(f"\n{n}" for n in notes))
         return split_of
 
     def build_datasets(self, split_of: np.ndarray) -> None:
@@ -157,7 +201,14 @@ class ParticleDataModule(FimvisionDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         data = self.datasets["train"]
-        return self.training_loader(data, batch_size=self.batch_size, num_workers=self.num_workers,
+        sampler = None
+        if self.sampler == "balanced":
+            # Each class drawn equally often: weight 1 / (particles of its class).
+            counts = np.bincount(data.targets, minlength=self.num_classes)
+            sampler = torch.utils.data.WeightedRandomSampler(
+                torch.as_tensor(1.0 / counts[data.targets], dtype=torch.double), num_samples=len(data),
+                replacement=True)
+        return self.training_loader(data, batch_size=self.batch_size, num_workers=self.num_workers, sampler=sampler,
                                     drop_last=len(data) > self.batch_size)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:

@@ -20,13 +20,17 @@ import torch
 from tqdm.auto import tqdm
 
 from fimvision.data.manifest import Manifest, _report
-from fimvision.data.transforms import to_canvas
+from fimvision.data.transforms import border_background, to_canvas
 from fimvision.imageio import LUMINANCE_WEIGHTS, read_image, to_uint8
 
 log = logging.getLogger(__name__)
 
 Modality = Literal["color", "mono"]
 Luminance = Literal["bt601", "bt709"]  # the keys of LUMINANCE_WEIGHTS
+ColorNorm = Literal["none", "background"]
+# The level a crop's background is mapped to by ``color_norm: background`` (neutral grey, with headroom
+# for particles brighter than their background).
+NORMALISED_BACKGROUND = 200.0
 
 
 def as_hwc_uint8(array: np.ndarray) -> np.ndarray:
@@ -43,12 +47,23 @@ def luminance(rgb: np.ndarray, formula: Luminance = "bt601") -> np.ndarray:
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)[..., None]
 
 
+def normalise_background(image: np.ndarray) -> np.ndarray:
+    """The crop divided, channel by channel, by its background colour (the border estimate used for
+    padding) and mapped to a neutral grey of :data:`NORMALISED_BACKGROUND`: instrument and antibody tint
+    go, the particle's colour contrast against its own background stays."""
+    background = np.maximum(border_background(image).astype(np.float32), 1.0)
+    scaled = image.astype(np.float32) * (NORMALISED_BACKGROUND / background)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def decode_images(manifest: Manifest, rows: Sequence[int], *, image_size: int, keep_scale: bool = False,
                   modality: Modality = "color", luminance_formula: Luminance = "bt601",
+                  color_norm: ColorNorm = "none", sizes: np.ndarray | None = None,
                   progress: bool = True) -> np.ndarray:
     """Decode the images of manifest ``rows`` into one uint8 array (N, size, size, C): C = 3 for colour,
-    1 for mono. Unreadable images and one-channel images asked for as colour are reported with their
-    manifest line."""
+    1 for mono; ``color_norm: background`` divides each crop by its background colour first (see
+    :func:`normalise_background`). ``sizes``, when given, receives each crop's longer side in pixels.
+    Unreadable images and one-channel images asked for as colour are reported with their manifest line."""
     channels = 3 if modality == "color" else 1
     images = np.empty((len(rows), image_size, image_size, channels), dtype=np.uint8)
     unreadable: list[str] = []
@@ -69,6 +84,10 @@ def decode_images(manifest: Manifest, rows: Sequence[int], *, image_size: int, k
             continue
         if channels == 1 and image.shape[2] == 3:
             image = luminance(image, luminance_formula)
+        if color_norm == "background":
+            image = normalise_background(image)
+        if sizes is not None:
+            sizes[out] = max(image.shape[:2])
         images[out] = to_canvas(image, image_size, keep_scale=keep_scale)
     if unreadable:
         raise _report(manifest.path, unreadable, "Re-export those images or remove their rows.")
@@ -83,12 +102,14 @@ class ParticleDataset(torch.utils.data.Dataset):
     """Particles from a decoded uint8 cache.
 
     Items are dicts: ``image`` (what ``transform`` returns: a tensor, or a list of views), ``target``
-    (class index, -1 when unlabelled) and ``index`` (the manifest row). ``channels_out=3`` replicates a
-    one-channel image to three, for models that want RGB input.
+    (class index, -1 when unlabelled), ``index`` (the manifest row) and, when ``features`` (N x F raw
+    values, by position) are given, ``features``. ``channels_out=3`` replicates a one-channel image to
+    three, for models that want RGB input.
     """
 
     def __init__(self, images: np.ndarray, positions: Sequence[int], targets: Sequence[int],
-                 rows: Sequence[int], transform: Callable[[np.ndarray], object], channels_out: int | None = None):
+                 rows: Sequence[int], transform: Callable[[np.ndarray], object], channels_out: int | None = None,
+                 features: np.ndarray | None = None):
         if not (len(positions) == len(targets) == len(rows)):
             raise ValueError("positions, targets and rows must have the same length")
         self.images = images
@@ -97,6 +118,7 @@ class ParticleDataset(torch.utils.data.Dataset):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.transform = transform
         self.channels_out = channels_out or images.shape[3]
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -105,4 +127,7 @@ class ParticleDataset(torch.utils.data.Dataset):
         image = self.images[self.positions[i]]
         if image.shape[2] != self.channels_out:
             image = np.repeat(image, self.channels_out, axis=2)
-        return {"image": self.transform(image), "target": int(self.targets[i]), "index": int(self.rows[i])}
+        item = {"image": self.transform(image), "target": int(self.targets[i]), "index": int(self.rows[i])}
+        if self.features is not None:
+            item["features"] = torch.from_numpy(self.features[self.positions[i]])
+        return item

@@ -9,6 +9,11 @@ on one side. Strategies:
   validation samples come from the other groups.
 - ``kfold``: ``n_folds`` folds of samples, stratified by class; fold ``fold`` is the test set.
 - ``predefined``: the manifest's ``split`` column (train/val/test).
+
+Validation is drawn by sample too, except where the training part holds too few samples for that
+(fewer than ``MIN_VAL_SAMPLES``, e.g. curated instrument runs, one sample a run): then one sample
+would be the whole validation set, whatever ``val_fraction`` says. There validation is drawn by
+particle, stratified by class, within the training samples, and the split table says so.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from fimvision.data.manifest import SPLIT_NAMES
 from fimvision.errors import DataError
 
 SplitStrategy = Literal["random", "sample", "group", "kfold", "predefined"]
+# Fewest training samples from which validation is drawn by whole sample.
+MIN_VAL_SAMPLES = 5
 
 
 def _units(frame: pd.DataFrame, by: str | None) -> pd.DataFrame:
@@ -82,11 +89,26 @@ def assign_folds(frame: pd.DataFrame, n_folds: int, *, by: str | None = "sample"
     return folds
 
 
+def _validation_unit(frame: pd.DataFrame, notes: list[str] | None) -> str | None:
+    """``sample`` when the rows hold enough samples to draw validation by sample, else None (by particle)."""
+    if "sample" not in frame.columns or (frame["sample"] == "").any():
+        return None
+    n = frame["sample"].nunique()
+    if n >= MIN_VAL_SAMPLES:
+        return "sample"
+    if notes is not None:
+        notes.append(f"validation drawn by particle (stratified) within the {n} training sample(s): fewer than "
+                     f"{MIN_VAL_SAMPLES} samples, so a whole-sample validation set would be one sample")
+    return None
+
+
 def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fold: int = 0, n_folds: int = 5,
-                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> np.ndarray:
+                  val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
+                  notes: list[str] | None = None) -> np.ndarray:
     """The split ('train', 'val' or 'test') of each row of ``frame`` (labelled rows of a manifest).
 
-    Raises a ``DataError`` naming the strategy when a split comes out empty.
+    Raises a ``DataError`` naming the strategy when a split comes out empty. ``notes``, when given,
+    receives a line for each rule that shaped the split (e.g. validation drawn by particle).
     """
     frame = frame.reset_index(drop=True)
     rng = np.random.default_rng(seed)
@@ -94,7 +116,13 @@ def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fo
         splits = _by_units(frame, None, val_fraction, test_fraction, rng)
     elif strategy == "sample":
         _need(frame, "sample", strategy)
-        splits = _by_units(frame, "sample", val_fraction, test_fraction, rng)
+        if frame["sample"].nunique() > MIN_VAL_SAMPLES:
+            splits = _by_units(frame, "sample", val_fraction, test_fraction, rng)
+        else:  # test by sample; validation by particle within the rest
+            splits = _by_units(frame, "sample", 0.0, test_fraction, rng)
+            rest = splits == "train"
+            share = min(0.9, val_fraction / max(1e-9, rest.mean()))  # of the rest: val_fraction of all
+            splits[rest] = _by_units(frame.loc[rest], _validation_unit(frame.loc[rest], notes), share, 0.0, rng)
     elif strategy in ("group", "kfold"):
         if strategy == "group":
             _need(frame, "group", strategy)
@@ -110,8 +138,7 @@ def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fo
             held_out = assign_folds(frame, n_folds, seed=seed) == fold
         splits = np.full(len(frame), "test", dtype=object)
         rest = frame.loc[~held_out]
-        by = "sample" if "sample" in frame.columns and (rest["sample"] != "").all() else None
-        splits[~held_out] = _by_units(rest, by, val_fraction, 0.0, rng)
+        splits[~held_out] = _by_units(rest, _validation_unit(rest, notes), val_fraction, 0.0, rng)
     elif strategy == "predefined":
         _need(frame, "split", strategy)
         splits = frame["split"].to_numpy()
@@ -126,6 +153,21 @@ def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fo
     return splits
 
 
+def subsample_labels(frame: pd.DataFrame, splits: np.ndarray, fraction: float, *, seed: int = 0) -> np.ndarray:
+    """Keep ``fraction`` of the training rows, stratified by class (at least one a class); the others
+    become ``unused``. Validation and test rows are unchanged."""
+    splits = np.asarray(splits, dtype=object).copy()
+    rng = np.random.default_rng([seed, 1])
+    labels = frame["label"].to_numpy()
+    for label in sorted(set(labels[splits == "train"])):
+        rows = np.flatnonzero((splits == "train") & (labels == label))
+        keep = max(1, round(fraction * len(rows)))
+        splits[rng.permutation(rows)[keep:]] = "unused"
+    return splits
+
+
 def describe(frame: pd.DataFrame, splits: np.ndarray) -> pd.DataFrame:
     """Particles per class and split (a table for logs and reports)."""
-    return pd.crosstab(pd.Series(frame["label"].to_numpy(), name="class"), pd.Series(splits, name="split")).reindex(columns=list(SPLIT_NAMES), fill_value=0)
+    extra = sorted(set(splits) - set(SPLIT_NAMES))
+    return pd.crosstab(pd.Series(frame["label"].to_numpy(), name="class"), pd.Series(splits, name="split")).reindex(
+        columns=[*SPLIT_NAMES, *extra], fill_value=0)

@@ -127,14 +127,21 @@ def eval_transform(channels: int, mono: bool = False) -> Pipeline:
     return Pipeline([], channels, mono)
 
 
-def train_transform(channels: int, mono: bool = False, *, brightness: float = 0.1, contrast: float = 0.1) -> Pipeline:
+def train_transform(channels: int, mono: bool = False, *, brightness: float = 0.1, contrast: float = 0.1,
+                    tint: float = 0.0) -> Pipeline:
     """Training augmentation: the dihedral group (particles have no orientation) and mild
-    brightness/contrast. No hue or saturation change: colour is the very signal colour FIM adds."""
+    brightness/contrast. No hue or saturation change: colour is the very signal colour FIM adds.
+    ``tint`` > 0 multiplies each channel by its own gain in [1 - tint, 1 + tint]: a shift of colour
+    temperature or tint, as another instrument's illumination or a tinted buffer gives, which the
+    particle's colour contrast against its background survives."""
+    tinting = [A.MultiplicativeNoise(multiplier=(1 - tint, 1 + tint), per_channel=True, elementwise=False, p=0.8)
+               ] if tint > 0 else []
     return Pipeline([
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.RandomRotate90(p=1.0),
         A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),
+        *tinting,
     ], channels, mono)
 
 

@@ -10,7 +10,11 @@ Shaped like torchgeo's ``BaseTask``: the constructor saves the hyper-parameters 
   file) and ``backbone_checkpoint`` (the backbone of any fimvision checkpoint): :meth:`build_backbone`;
 - one metric collection for every labelled evaluation (accuracy, balanced accuracy, macro F1,
   per-class recall, confusion matrix; target -1 means "unknown class" and is left out);
-- the evaluate (validation/test) and predict steps;
+- the evaluate (validation/test) and predict steps, with optional test-time augmentation over the 8
+  dihedral transforms (``tta``) and temperature scaling fitted on every validation pass
+  (``calibrate``): each checkpoint keeps the temperature and the validation confusion matrix of its
+  own weights, so ``predict`` reports calibrated probabilities and per-sample compositions corrected
+  for the classifier's errors;
 - one optimizer and schedule set-up (:mod:`fimvision.models.optim`): a family only says which
   parameter groups it trains (:meth:`param_groups`).
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -31,6 +36,8 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
+from fimvision.calibration import dihedral_views, expected_calibration_error, fit_temperature
+from fimvision.errors import ConfigError
 from fimvision.models.backbones import create_backbone, load_backbone_weights
 from fimvision.models.optim import (
     OptimizerName,
@@ -72,6 +79,9 @@ class FimvisionTask(pl.LightningModule):
         in_chans: input channels (linked from the data module: 3 colour, 1 mono).
         img_size: input side (linked from the data module; used by ViTs for position embeddings).
         class_names: class names in output order (linked from the data module; saved in checkpoints).
+        num_features: numeric features beside the image (linked from the data module's ``features``; 0:
+            image only). Only families with ``uses_features`` (ParticleClassifier) take them.
+        feature_names: the features' names in order (linked from the data module; saved in checkpoints).
         backbone: timm model name (resnet18, resnet50, efficientnet_b0, convnext_tiny, vit_small_patch16_224,
             deit_tiny_patch16_224, a tagged name such as resnet18.a1_in1k, ...).
         backbone_kwargs: extra timm arguments, e.g. ``{patch_size: 8}`` or ``{drop_path_rate: 0.1}``.
@@ -86,10 +96,16 @@ class FimvisionTask(pl.LightningModule):
         momentum: SGD/LARS momentum.
         scheduler: per-step schedule: ``cosine`` (after a linear warm-up), ``shot`` ((1 + 10 p)^-0.75) or ``none``.
         warmup_epochs: linear warm-up length in epochs (fractions allowed; ``cosine`` only).
+        tta: test-time augmentation: evaluate and predict on the average class probabilities of the 8
+            rotations and reflections of each image (8x the evaluation cost).
+        calibrate: fit a temperature on each validation pass and report calibrated probabilities
+            (``test_ece_calibrated``, ``predict``); predictions themselves do not change.
     """
 
     #: What this family's training batches are (the data-model contract).
     train_on: ClassVar[TrainOn] = "labelled"
+    #: Whether this family can take numeric features beside the image.
+    uses_features: ClassVar[bool] = False
     #: Base arguments a family does not use (left out of the saved hyper-parameters).
     ignored_hparams: ClassVar[tuple[str, ...]] = ()
 
@@ -99,6 +115,8 @@ class FimvisionTask(pl.LightningModule):
         in_chans: int = 3,
         img_size: int | None = None,
         class_names: list[str] | None = None,
+        num_features: int = 0,
+        feature_names: list[str] | None = None,
         backbone: str = "resnet18",
         backbone_kwargs: dict[str, Any] | None = None,
         pretrained: bool = False,
@@ -110,10 +128,21 @@ class FimvisionTask(pl.LightningModule):
         momentum: float = 0.9,
         scheduler: SchedulerName = "cosine",
         warmup_epochs: float = 1.0,
+        tta: bool = False,
+        calibrate: bool = True,
     ) -> None:
         super().__init__()
+        if num_features and not self.uses_features:
+            raise ConfigError(f"{type(self).__name__} does not use numeric features, but the data module gives "
+                              f"{num_features} ({feature_names}): leave `features` off the data module, or use "
+                              "ParticleClassifier.")
         self.save_hyperparameters(ignore=list(self.ignored_hparams))
         self.class_names = class_names_for(num_classes, class_names)
+        #: Softmax temperature fitted on the validation split (1.0: none fitted yet, or calibrate off).
+        self.temperature = 1.0
+        #: Validation confusion matrix (counts; rows true, columns predicted) of the current weights.
+        self.validation_confusion: np.ndarray | None = None
+        self._val_outputs: list[tuple[Tensor, Tensor]] = []
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -193,11 +222,41 @@ class FimvisionTask(pl.LightningModule):
         target = torch.randint(0, max(1, self.hparams.num_classes), (batch_size,), generator=generator)
         return {"image": image, "target": target, "index": torch.arange(batch_size)}
 
+    def logits(self, batch: dict) -> Tensor:
+        """The network's logits for a batch (families with inputs besides the image override this)."""
+        return self(batch["image"])
+
+    def evaluation_logits(self, batch: dict) -> Tensor:
+        """Logits for evaluation and prediction: with ``tta``, the log of the class probabilities averaged
+        over the 8 dihedral views of each image."""
+        if not self.hparams.get("tta"):
+            return self.logits(batch)
+        probs = torch.stack([self.logits({**batch, "image": view}).float().softmax(dim=1)
+                             for view in dihedral_views(batch["image"])]).mean(dim=0)
+        return probs.clamp_min(1e-12).log()
+
+    def calibrated_probs(self, logits: Tensor) -> Tensor:
+        """Class probabilities with the validation temperature (``calibrate``) applied."""
+        return (logits.float() / self.temperature).softmax(dim=1)
+
+    def gather_uneven(self, tensor: Tensor) -> Tensor:
+        """All processes' rows of ``tensor``, in rank order; the processes may hold different numbers of rows
+        (each image of an evaluation set is on exactly one)."""
+        if self.trainer.world_size == 1:
+            return tensor
+        sizes = self.all_gather(torch.tensor(len(tensor), device=tensor.device)).tolist()
+        padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[:len(tensor)] = tensor
+        gathered = self.all_gather(padded)
+        return torch.cat([part[:n] for part, n in zip(gathered, sizes, strict=True)])
+
     def evaluate(self, batch: dict, stage: Literal["val", "test"]) -> Tensor:
         """Logits of a labelled batch; logs the loss and metrics of its known-class rows (target >= 0)."""
-        logits = self(batch["image"])
+        logits = self.evaluation_logits(batch)
         target = batch["target"]
         known = target >= 0
+        if stage == "val" and known.any() and not self.trainer.sanity_checking:
+            self._val_outputs.append((logits[known].detach().float(), target[known]))
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         if known.any() and metrics is not None:
             size = int(known.sum())
@@ -213,9 +272,39 @@ class FimvisionTask(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluate(batch, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Fit the temperature and record the confusion matrix on this validation pass (before the
+        checkpoint of these weights is saved), and log the calibration error before and after."""
+        if not self._val_outputs or self.val_metrics is None:
+            return
+        logits = self.gather_uneven(torch.cat([o[0] for o in self._val_outputs])).cpu()
+        target = self.gather_uneven(torch.cat([o[1] for o in self._val_outputs])).cpu()
+        self._val_outputs = []
+        self.temperature = fit_temperature(logits, target) if self.hparams.get("calibrate", True) else 1.0
+        n = self.hparams.num_classes
+        self.validation_confusion = np.bincount(target.numpy() * n + logits.argmax(1).numpy(),
+                                                minlength=n * n).reshape(n, n)
+        self.log_dict({"val_ece": expected_calibration_error(logits.softmax(1), target),
+                       "val_ece_calibrated": expected_calibration_error(self.calibrated_probs(logits), target),
+                       "val_temperature": self.temperature}, sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        confusion = self.validation_confusion
+        checkpoint["calibration"] = {"temperature": self.temperature,
+                                     "validation_confusion": None if confusion is None else confusion.tolist()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        calibration = checkpoint.get("calibration") or {}  # absent in checkpoints of older versions
+        self.temperature = float(calibration.get("temperature", 1.0))
+        confusion = calibration.get("validation_confusion")
+        self.validation_confusion = None if confusion is None else np.asarray(confusion, dtype=np.int64)
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         logits = self.evaluate(batch, "test")
-        self._test_outputs.append((batch["index"].cpu(), batch["target"].cpu(), logits.float().softmax(dim=1).cpu()))
+        self._test_outputs.append((batch["index"].cpu(), batch["target"].cpu(), logits.float().cpu()))
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -230,7 +319,13 @@ class FimvisionTask(pl.LightningModule):
         self.test_recall.reset()
         self.test_confusion.reset()
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective call: on every process
-        predictions = self._gathered_test_predictions()
+        predictions, logits = self._gathered_test_predictions()
+        known = predictions["target"].to_numpy() >= 0 if len(predictions) else np.zeros(0, bool)
+        if known.any():
+            target = torch.as_tensor(predictions["target"].to_numpy()[known])
+            self.log_dict({"test_ece": expected_calibration_error(logits[known].softmax(1), target),
+                           "test_ece_calibrated": expected_calibration_error(self.calibrated_probs(logits[known]),
+                                                                             target)}, sync_dist=False)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             confusion_matrix_png(
                 matrix, self.class_names, out / "confusion_matrix.png",
@@ -239,9 +334,10 @@ class FimvisionTask(pl.LightningModule):
                 "true").to_csv(out / "confusion_matrix.csv")  # rows true, columns predicted
             predictions.to_csv(out / "test_predictions.csv", index=False, float_format="%.6g")
 
-    def _gathered_test_predictions(self) -> pd.DataFrame:
-        """One row a test image: its index, target, predicted class, confidence and class probabilities, with
-        the manifest's particle id, sample and group where the data module has a manifest (all processes')."""
+    def _gathered_test_predictions(self) -> tuple[pd.DataFrame, Tensor]:
+        """One row a test image: its index, target, predicted class, confidence and (calibrated) class
+        probabilities, with the manifest's particle id, sample and group where the data module has a
+        manifest (all processes'); and the rows' logits."""
         parts = [tuple(torch.cat(column) for column in zip(*self._test_outputs, strict=True))] \
             if self._test_outputs else []
         if self.trainer.world_size > 1:
@@ -249,8 +345,11 @@ class FimvisionTask(pl.LightningModule):
             torch.distributed.all_gather_object(gathered, parts)
             parts = [p for rank in gathered for p in rank]
         if not parts:
-            return pd.DataFrame()
-        index, target, probs = (torch.cat(c).numpy() for c in zip(*parts, strict=True))
+            return pd.DataFrame(), torch.empty(0, self.hparams.num_classes)
+        index, target, logits = (torch.cat(c) for c in zip(*parts, strict=True))
+        index, first = np.unique(index.numpy(), return_index=True)  # sorted; samplers may repeat rows
+        target, logits = target.numpy()[first], logits[first]
+        probs = self.calibrated_probs(logits).numpy()
         frame = pd.DataFrame({"index": index, "target": target, "predicted": probs.argmax(axis=1),
                               "confidence": probs.max(axis=1)})
         for i, name in enumerate(self.class_names):
@@ -261,7 +360,7 @@ class FimvisionTask(pl.LightningModule):
             for column in ("particle_id", "sample", "group"):
                 if column in rows:
                     frame[column] = rows[column].to_numpy()
-        return frame.sort_values("index").drop_duplicates("index")
+        return frame, logits
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"], "probs": self(batch["image"]).float().softmax(dim=1)}
+        return {"index": batch["index"], "probs": self.calibrated_probs(self.evaluation_logits(batch))}

@@ -148,17 +148,8 @@ class SSLModule(FimvisionTask):
         features = torch.cat([f for f, _ in self._val_features[index]])
         targets = torch.cat([t for _, t in self._val_features[index]])
         if self.trainer.world_size > 1:  # every rank scores the whole validation set
-            features, targets = self._gather_uneven(features), self._gather_uneven(targets)
+            features, targets = self.gather_uneven(features), self.gather_uneven(targets)
         return features, targets
-
-    def _gather_uneven(self, tensor: Tensor) -> Tensor:
-        """All processes' rows of ``tensor``, in rank order; the processes may hold different numbers of rows
-        (each image of the validation set is on exactly one)."""
-        sizes = self.all_gather(torch.tensor(len(tensor), device=tensor.device)).tolist()
-        padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-        padded[:len(tensor)] = tensor
-        gathered = self.all_gather(padded)
-        return torch.cat([part[:n] for part, n in zip(gathered, sizes, strict=True)])
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_features:

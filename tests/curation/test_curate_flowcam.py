@@ -226,3 +226,41 @@ def test_monochrome_run_gives_one_channel_crops(small_run, tmp_path):
     assert crop.ndim == 2 and crop.shape == (manifest["image_h"].iloc[0], manifest["image_w"].iloc[0])
     grey = np.asarray(Image.open(run.folder / f"{run.name}_000001.tif"))
     assert np.array_equal(crop, grey[0:28, 0:34])
+
+
+def test_volume_imaged_from_the_run_summaries(curated_vs4, vs4_runs):
+    manifest = _manifest(curated_vs4)
+    volumes = manifest.groupby("run")["volume_imaged_ml"].agg(["min", "max"])
+    assert volumes.loc[vs4_runs[0].name].tolist() == [0.1418, 0.1418]  # "Fluid Volume Imaged: 0.1418 ml"
+    assert volumes.loc[vs4_runs[1].name].tolist() == [0.0971, 0.0971]
+
+
+def test_volume_imaged_falls_back_to_the_summary_csv_and_is_empty_when_unknown(small_run, tmp_path):
+    run = find_run(small_run(1, 5))
+    (run.folder / f"{run.name}_run_summary.txt").unlink()
+    curate_flowcam([run.folder], tmp_path / "csv", progress=False)
+    assert set(_manifest(tmp_path / "csv")["volume_imaged_ml"]) == {0.09713}  # "Sample Volume Imaged ml,0.09713"
+    (run.folder / f"{run.name}_summary.csv").unlink()
+    curate_flowcam([run.folder], tmp_path / "none", progress=False)
+    assert set(_manifest(tmp_path / "none")["volume_imaged_ml"]) == {""}
+
+
+def test_unreadable_volume_imaged_names_the_file_and_line(small_run, tmp_path):
+    run = find_run(small_run(0, 5))
+    summary = run.folder / f"{run.name}_run_summary.txt"
+    summary.write_text(summary.read_text().replace("Fluid Volume Imaged: 0.1418 ml", "Fluid Volume Imaged: n/a ml"))
+    with pytest.raises(CurationError, match="fluid volume imaged .* is not a positive number of ml") as info:
+        curate_flowcam([run.folder], tmp_path / "out", progress=False)
+    assert info.value.file == summary and info.value.line == 9 and "delete the summary" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_convexity_derived_from_the_lst_equals_visualspreadsheets(vs4_runs):
+    from fimvision.curation.flowcam.curate import derive_features, read_run_table
+
+    tables = [read_run_table(find_run(run_dir)) for run_dir in vs4_runs]  # with the .csv: VS's own Convexity
+    for table in tables:
+        derived = derive_features(table.drop(columns=["convexity"]))["convexity"]
+        assert np.abs(derived - table["convexity"]).max() <= 1.0001e-4
+        assert (table["convexity"] < 1).mean() > 0.3  # concave particles are common
+    assert sum((t["convexity"] == 0).sum() for t in tables) == 3  # lines without hull area: 0, derived too

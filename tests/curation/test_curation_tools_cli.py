@@ -98,3 +98,32 @@ def test_as_a_subprocess(mono_collages, tmp_path):
                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert again.returncode == 2 and again.stdout == ""
     assert again.stderr.startswith("error: ") and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
+
+
+def test_group_from_run_as_a_subprocess(small_run, tmp_path):
+    """--group-from run: each run its own group (leave-one-run-out); exclusive with --group/--group-csv."""
+    runs = [small_run(0, 8), small_run(1, 6)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(TOOLS / "curate_flowcam.py"), *map(str, runs), "--quiet", "--group-from", "run"]
+    ok = subprocess.run([*command, "--out", str(tmp_path / "ds")], capture_output=True, text=True, cwd=REPO, env=env,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    manifest = pd.read_csv(tmp_path / "ds" / "manifest.csv", keep_default_na=False)
+    assert (manifest["group"] == manifest["run"]).all()
+    assert manifest["group"].value_counts().to_dict() == {runs[0].name: 8, runs[1].name: 6}
+    clash = subprocess.run([*command, "--group", "mAb1", "--out", str(tmp_path / "x")], capture_output=True, text=True,
+                           cwd=REPO, env=env, timeout=120)
+    assert clash.returncode == 2 and clash.stderr.startswith("error: ") and clash.stderr.count("\n") == 1
+    assert "--group-from" in clash.stderr and "not allowed with" in clash.stderr and not (tmp_path / "x").exists()
+
+
+def test_group_from_is_exclusive_in_the_library_call_too(small_run, tmp_path):
+    from fimvision.curation.flowcam import curate_flowcam
+    from fimvision.errors import CurationError
+
+    run = small_run(0, 3)
+    with pytest.raises(CurationError, match="give one of --group, --group-csv and --group-from"):
+        curate_flowcam([run], tmp_path / "o", group="g", group_from="run", progress=False)
+    with pytest.raises(CurationError, match="unknown group source 'sample'"):
+        curate_flowcam([run], tmp_path / "o", group_from="sample", progress=False)
+    assert not (tmp_path / "o").exists()

@@ -90,3 +90,32 @@ def test_many_particles_fill_several_collages(synthetic_particles, tmp_path):
     assert boxes["x2"].max() <= 1292 and boxes["y2"].max() <= 964
     for name, rows in table.groupby("collage_file"):
         assert len(find_tiles(read_image(run / name)).tiles) == len(rows)
+
+
+def test_features_are_the_same_in_the_folder_and_the_curated_flowcam_export(tool, tmp_path, capsys):
+    """One features list means the same on synthetic data written as a folder and as a curated FlowCam export."""
+    args = ["--antibodies", "1", "--per-class", "6", "--particles-per-vial", "3", "--seed", "5", "--workers", "1",
+            "--no-progress"]
+    assert tool("make_synthetic")(["--out", str(tmp_path / "folder"), *args]) == 0
+    assert tool("make_synthetic")(["--out", str(tmp_path / "export"), "--format", "flowcam", *args]) == 0
+    runs = sorted(str(p) for p in (tmp_path / "export").iterdir() if p.is_dir())
+    assert tool("curate_flowcam")([*runs, "--out", str(tmp_path / "curated"), "--quiet",
+                                   "--group-csv", str(tmp_path / "export" / "runs.csv")]) == 0
+    capsys.readouterr()
+    folder = pd.read_csv(tmp_path / "folder" / "manifest.csv", keep_default_na=False).sort_values("particle_id")
+    curated = pd.read_csv(tmp_path / "curated" / "manifest.csv", keep_default_na=False)
+    curated = curated.set_index(["run", "particle_id"])
+    folder["key"] = list(zip(folder["sample"], folder.groupby("sample").cumcount() + 1, strict=True))  # ids 1..N a run
+    assert len(folder) == len(curated) == 12
+    columns = ("esd_um", "circularity", "aspect_ratio", "convexity", "edge_gradient", "avg_red", "avg_green", "avg_blue")
+    for row in folder.itertuples():
+        got = curated.loc[row.key]
+        assert (got["label"], got["group"]) == (row.label, row.group)
+        for column in columns:  # both written to 4 decimals from one measurement: equal
+            assert got[column] == pytest.approx(getattr(row, column), abs=1e-9), (row.key, column)
+        assert got["intensity"] == pytest.approx(row.mean_intensity, abs=5.1e-4)  # the folder writes 3 decimals
+    assert curated["edge_gradient"].nunique() == 12 and curated["avg_red"].nunique() == 12
+    # the synthetic summary's fluid volume imaged: particles / 10,000 a ml
+    sizes = folder.groupby("sample").size()
+    volumes = curated.reset_index().groupby("run")["volume_imaged_ml"].first()
+    assert volumes.to_dict() == pytest.approx((sizes / 10_000).round(4).to_dict())

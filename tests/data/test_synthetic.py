@@ -18,12 +18,14 @@ from PIL import Image
 from fimvision.data.synthetic import (
     BACKGROUND_RGB,
     COLOUR_CUE_RGB,
+    FEATURE_COLUMNS,
     INSTRUMENT,
     LUMA_BT601,
     MANIFEST_COLUMNS,
     SyntheticConfig,
     SyntheticParticle,
     iter_particles,
+    measure,
     particle_count,
     render,
     render_particle,
@@ -178,6 +180,63 @@ def test_mask_covers_the_particle_in_one_piece():
             border[5:-5, 5:-5] = False
             assert grey[p.mask].mean() < grey[border].mean() - 3, (label, p.particle_id)
             assert p.features["mean_intensity"] == pytest.approx(grey[p.mask].mean(), abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ measurements
+
+
+def test_new_feature_columns_are_written_as_measured(tiny, tiny_rows):
+    new = ("convexity", "edge_gradient", "avg_red", "avg_green", "avg_blue")
+    assert list(MANIFEST_COLUMNS[-5:]) == list(new) and set(new) < set(FEATURE_COLUMNS)
+    assert "esd_um" in FEATURE_COLUMNS and "label" not in FEATURE_COLUMNS
+    readme = (tiny / "README.txt").read_text()
+    assert all(name in readme for name in new) and "convex hull" in readme
+    for row in tiny_rows[::9]:
+        p = render_particle(TINY, int(row["particle_id"]))
+        for channel, name in enumerate(("avg_red", "avg_green", "avg_blue")):
+            assert float(row[name]) == pytest.approx(p.image[p.mask][:, channel].mean(), abs=6e-5), name
+        hull = cv2.contourArea(cv2.convexHull(np.argwhere(p.mask)[:, ::-1].astype(np.int32)))
+        assert float(row["convexity"]) == pytest.approx(min(1.0, p.mask.sum() / hull), abs=6e-5)
+        assert float(row["edge_gradient"]) == pytest.approx(p.features["edge_gradient"], abs=6e-5)
+        assert 0 < float(row["convexity"]) <= 1 and float(row["edge_gradient"]) > 0
+
+
+def test_features_come_from_the_pixels_not_the_label():
+    config = SyntheticConfig(antibodies=2, per_class=30)
+    heat, mechanical = particles(config, "heat", 30), particles(config, "mechanical", 30)
+    for name in FEATURE_COLUMNS:  # one label, many values: measured per particle
+        assert np.std([p.features[name] for p in mechanical]) > 0, name
+        if name != "convexity":  # compact heat particles are all convex (1.0), like most real debris
+            assert np.std([p.features[name] for p in heat]) > 0, name
+    redder = dataclasses.replace(config, colour_cue=12.0)
+    for p in heat[:10]:
+        q = render_particle(redder, p.particle_id)
+        assert q.label == p.label and np.array_equal(q.mask, p.mask)
+        assert q.features["esd_um"] == p.features["esd_um"] and q.features["convexity"] == p.features["convexity"]
+        # the cue's strength moves avg_red by about (12 - 3) x the particle's cue coefficient
+        assert q.features["avg_red"] != p.features["avg_red"]
+        assert q.features["avg_red"] == pytest.approx(q.image[q.mask][:, 0].mean())
+    shift = [render_particle(redder, p.particle_id).features["avg_red"] - p.features["avg_red"] for p in heat]
+    assert np.mean(shift) > 3  # heat's cue is towards red: a stronger cue, redder heat particles
+
+
+def test_measurement_definitions_on_known_masks():
+    square = np.zeros((8, 8), bool)
+    square[2:6, 2:6] = True
+    step = np.zeros((8, 8, 3), np.uint8)
+    step[:, 4:] = 80  # a vertical step between columns 3 and 4: |Sobel| / 8 = 40 on both sides of it
+    # outline of the 4x4 square: 12 pixels; 4 of them (rows 2 and 5, columns 3 and 4) sit on the step
+    assert measure.edge_gradient(step, square) == pytest.approx(4 * 40 / 12)
+    assert measure.edge_gradient(np.full((8, 8, 3), 99, np.uint8), square) == 0.0
+    assert measure.convexity(16.0, 9.0) == 1.0 and measure.convexity(3.0, 4.0) == 0.75
+    assert measure.convexity(5.0, 0.0) == 0.0  # a line has no hull area (VisualSpreadsheet writes 0)
+    ell = np.zeros((12, 12), bool)  # a one-pixel-wide L: 15 pixels, hull through pixel centres 7 x 7 / 2
+    ell[2:10, 2] = True
+    ell[9, 2:10] = True
+    features = measure.measure_particle(np.zeros((12, 12, 3), np.uint8), ell, 0.5)
+    assert features["convexity"] == pytest.approx(15 / 24.5) and features["area_px"] == 15
+    assert measure.measure_particle(step, square, 0.5)["convexity"] == 1.0
+    assert measure.mean_rgb(step, square) == (40.0, 40.0, 40.0)
 
 
 # ------------------------------------------------------------------------------------------ classes, vials

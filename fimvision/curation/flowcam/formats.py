@@ -287,6 +287,39 @@ def read_flowcam_csv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+_VOLUME_TXT = re.compile(r"^\s*Fluid Volume Imaged\s*:\s*(?P<value>\S*)\s*(?P<unit>.*?)\s*$", re.I)
+_VOLUME_CSV = re.compile(r"^\s*(?:Sample|Fluid) Volume Imaged\s*\(?\s*(?P<unit>ml)?\s*\)?\s*$", re.I)
+
+
+def read_summary_volume(path: str | Path) -> float | None:
+    """The fluid volume imaged (ml) in a run summary: ``RUN_run_summary.txt`` (a line ``Fluid Volume
+    Imaged: 0.1418 ml``) or ``RUN_summary.csv`` (a row ``Sample Volume Imaged ml,0.1418``); None when
+    the file does not give it. A value that is not a positive number in ml raises :class:`CurationError`.
+    """
+    path = Path(path)
+    csv_file = path.suffix.lower() == ".csv"
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if csv_file:
+            cells = line.split(",")
+            match = _VOLUME_CSV.match(cells[0]) if len(cells) > 1 else None
+            value, unit = (cells[1].strip(), "ml") if match else ("", "")
+        else:
+            match = _VOLUME_TXT.match(line)
+            value, unit = (match["value"], match["unit"] or "ml") if match else ("", "")
+        if not match:
+            continue
+        try:
+            volume = float(value)
+        except ValueError:
+            volume = float("nan")
+        if unit.lower() != "ml" or not (np.isfinite(volume) and volume > 0):
+            raise CurationError(f"the fluid volume imaged '{line.strip()[:60]}' is not a positive number of ml",
+                                file=path, line=number,
+                                hint="fix the value, or delete the summary file (volume_imaged_ml is then left empty)")
+        return volume
+    return None
+
+
 @dataclass
 class FlowCamContext:
     """What the ``.ctx`` says about the instrument (``None`` where absent)."""

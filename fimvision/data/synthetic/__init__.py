@@ -15,6 +15,11 @@ Every particle is a pure function of ``(config, index)``: its random numbers com
 Generator seeded by ``(seed, stream, index)``, so the output is byte-identical for a seed whatever
 the number of worker processes.
 
+Each particle carries instrument-like measurements computed from its rendered mask and pixels, never
+from its label (:mod:`fimvision.data.synthetic.measure`), in columns named as curated FlowCam exports
+name them (``esd_um``, ``circularity``, ``aspect_ratio``, ``convexity``, ``edge_gradient``,
+``avg_red``/``avg_green``/``avg_blue``, ...).
+
 The data are SYNTHETIC: the manifest's ``instrument`` column says ``synthetic-flowcam`` and the
 folder holds a ``README.txt`` saying so.
 """
@@ -23,6 +28,7 @@ from fimvision.data.synthetic.config import (
     BACKGROUND_RGB,
     COLOUR_CUE_RGB,
     EXTRA_CLASSES,
+    FEATURE_COLUMNS,
     INSTRUMENT,
     KNOWN_CLASSES,
     LUMA_BT601,
@@ -34,6 +40,6 @@ from fimvision.data.synthetic.config import (
 from fimvision.data.synthetic.render import SyntheticParticle, render_particle
 from fimvision.data.synthetic.writer import iter_particles, write_dataset
 
-__all__ = ["BACKGROUND_RGB", "COLOUR_CUE_RGB", "EXTRA_CLASSES", "INSTRUMENT", "KNOWN_CLASSES", "LUMA_BT601",
-           "MANIFEST_COLUMNS", "STRESS_CLASSES", "SyntheticConfig", "SyntheticParticle", "iter_particles",
-           "particle_count", "render_particle", "write_dataset"]
+__all__ = ["BACKGROUND_RGB", "COLOUR_CUE_RGB", "EXTRA_CLASSES", "FEATURE_COLUMNS", "INSTRUMENT", "KNOWN_CLASSES",
+           "LUMA_BT601", "MANIFEST_COLUMNS", "STRESS_CLASSES", "SyntheticConfig", "SyntheticParticle",
+           "iter_particles", "particle_count", "render_particle", "write_dataset"]

@@ -16,7 +16,11 @@ COLOUR_CUE_RGB: tuple[float, float, float] = (1.0, -(LUMA_BT601[0] - LUMA_BT601[
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image", "label", "group", "sample", "instrument", "particle_id",
     "esd_um", "circularity", "aspect_ratio", "mean_intensity", "area_px",
+    "convexity", "edge_gradient", "avg_red", "avg_green", "avg_blue",
 )  # fmt: skip
+# Measured features of the manifest (definitions: fimvision.data.synthetic.measure); named as curated
+# FlowCam exports name the same measurement (fimvision.curation.flowcam).
+FEATURE_COLUMNS: tuple[str, ...] = MANIFEST_COLUMNS[6:]
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from fimvision.data.synthetic.config import COLOUR_CUE_RGB, LUMA_BT601, SyntheticConfig, particle_count
+from fimvision.data.synthetic.config import COLOUR_CUE_RGB, SyntheticConfig, particle_count
+from fimvision.data.synthetic.measure import measure_particle
 from fimvision.data.synthetic.shapes import DESIGNERS, Look, Nuisance, Shape
 
 # Sign of the colour cue per class: heat reddish, mechanical bluish, the rest none.
 _CUE_SIGN = {"heat": 1.0, "mechanical": -1.0}
 # Independent random streams, so adding draws to one never shifts another.
 _STREAM_PARTICLE, _STREAM_ANTIBODY, _STREAM_GROUP_CLASS, _STREAM_VIAL_SIZES, _STREAM_VIAL = range(5)
-_LUMA = np.asarray(LUMA_BT601, np.float32)
 
 
 @dataclass
@@ -169,26 +169,6 @@ def _opacity(rng: np.random.Generator, cover: np.ndarray, folds: np.ndarray | No
     return alpha, look.highlight * centre * cover
 
 
-def _measure(image: np.ndarray, mask: np.ndarray, um_per_px: float) -> dict[str, float]:
-    """FlowCam-style features of a particle from its mask and RGB tile."""
-    area = float(np.count_nonzero(mask))
-    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    # The contour runs through boundary pixel centres, half a pixel inside the outline: + pi (per
-    # contour) restores the outline's length, so a rasterised disc scores ~0.9 whatever its size.
-    perimeter = sum(cv2.arcLength(c, True) + np.pi for c in contours)
-    circularity = min(1.0, 4 * np.pi * area / perimeter**2)
-    (_, _), (w, h), _ = cv2.minAreaRect(contours[0] if len(contours) == 1 else np.concatenate(contours))
-    aspect = min(w, h) / max(w, h) if max(w, h) > 0 else 1.0
-    grey = image[mask].astype(np.float32) @ _LUMA
-    return {
-        "esd_um": 2.0 * math.sqrt(area / math.pi) * um_per_px,  # area-equivalent diameter
-        "circularity": float(circularity),
-        "aspect_ratio": float(aspect),  # width / length of the minimum-area rectangle, as FlowCam
-        "mean_intensity": float(grey.mean()),
-        "area_px": area,
-    }
-
-
 def _crop_box(mask: np.ndarray, config: SyntheticConfig) -> tuple[slice, slice]:
     """Bounding box of the mask plus the border, grown to ``min_tile`` around its centre."""
     x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
@@ -252,7 +232,7 @@ def render_particle(config: SyntheticConfig, index: int) -> SyntheticParticle:
         group=group_name(antibody),
         sample=f"{group_name(antibody)}-{label}-v{vial + 1}",
         particle_id=index,
-        features=_measure(tile, mask, config.um_per_px),
+        features=measure_particle(tile, mask, config.um_per_px),
     )
 
 

@@ -42,7 +42,8 @@ def _manifest_row(particle: SyntheticParticle, image: str) -> list[str]:
     return [
         image, particle.label, particle.group, particle.sample, INSTRUMENT, str(particle.particle_id),
         f"{f['esd_um']:.4f}", f"{f['circularity']:.4f}", f"{f['aspect_ratio']:.4f}",
-        f"{f['mean_intensity']:.3f}", f"{int(f['area_px'])}",
+        f"{f['mean_intensity']:.3f}", f"{int(f['area_px'])}", f"{f['convexity']:.4f}", f"{f['edge_gradient']:.4f}",
+        f"{f['avg_red']:.4f}", f"{f['avg_green']:.4f}", f"{f['avg_blue']:.4f}",
     ]  # fmt: skip
 
 
@@ -98,6 +99,12 @@ def _readme(config: SyntheticConfig, counts: dict[str, int]) -> str:
         f"antibody or vial was involved. The manifest's instrument column reads '{INSTRUMENT}'.",
         "",
         "Layout: manifest.csv (columns: " + ", ".join(MANIFEST_COLUMNS) + ")",
+        "Measured features, from each particle's mask and pixels (never its label), named as a curated",
+        "FlowCam export names them: esd_um (area-equivalent diameter, um), circularity (4 pi area /",
+        "perimeter^2, at most 1), aspect_ratio (width / length of the minimum-area rectangle),",
+        "mean_intensity (BT.601 luminance over the mask), area_px, convexity (area / convex hull area, at",
+        "most 1, as VisualSpreadsheet), edge_gradient (mean luminance gradient magnitude along the outline,",
+        "8-bit levels a pixel), avg_red, avg_green, avg_blue (mean R, G, B over the mask).",
         f"        images/<group>/<label>/<particle_id>.png (RGB tiles, background and {config.border_px} px border"
         " included)",
         "",

@@ -112,6 +112,7 @@ class AdaptedTask(FimvisionTask):
         class_names: class names (linked from the data module).
         in_chans: input channels (linked from the data module).
         img_size: input side (linked from the data module).
+        num_features, feature_names: numeric features of the data (linked; adaptation takes images only, so 0).
         optimizer: adamw, adam, sgd or lars.
         lr: learning rate.
         weight_decay: weight decay.
@@ -123,10 +124,11 @@ class AdaptedTask(FimvisionTask):
     ignored_hparams = ("backbone", "backbone_kwargs", "pretrained", "weights", "backbone_checkpoint", "warmup_epochs")
 
     def __init__(self, source_checkpoint: str | None = None, num_classes: int = 2, class_names: list[str] | None = None,
-                 in_chans: int = 3, img_size: int | None = None, optimizer: OptimizerName = "adam", lr: float = 1e-5,
+                 in_chans: int = 3, img_size: int | None = None, num_features: int = 0,
+                 feature_names: list[str] | None = None, optimizer: OptimizerName = "adam", lr: float = 1e-5,
                  weight_decay: float = 0.0, momentum: float = 0.9, scheduler: SchedulerName = "none") -> None:
         super().__init__(num_classes=num_classes, in_chans=in_chans, img_size=img_size, class_names=class_names,
-                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
+                         num_features=num_features, feature_names=feature_names, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, scheduler=scheduler,
                          warmup_epochs=0.0)
 
     def configure_models(self) -> None:
@@ -143,4 +145,5 @@ class AdaptedTask(FimvisionTask):
         return self.net(x)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["source_hyper_parameters"] = self.source_hparams

@@ -79,6 +79,7 @@ class SourceFreeTask(AdaptedTask):
         self._val_probs.append(self.evaluate(batch, "val").float().softmax(dim=1))
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         if not self._val_probs:
             return
         probs = torch.cat(self._val_probs)
