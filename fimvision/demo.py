@@ -3,7 +3,8 @@
 Generates the synthetic dataset if missing, trains the same small CNN (ResNet-18) on colour, on colour
 with background normalisation (each crop divided by its own background colour, so the held-out
 antibody's tint does not mislead the model) and on mono, with the same seed and budget, evaluates them
-on a leave-one-antibody-out fold, and prints a table, writing a bar chart and the confusion matrices.
+on a leave-one-antibody-out fold, and prints a table, writing a bar chart and the confusion matrices. A
+fourth row adds the particles' instrument-like measurements beside the image (late fusion).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ ROWS = {
     "color": ("resnet18_color", []),
     "color+bgnorm": ("resnet18_color", ["--data.init_args.color_norm=background"]),
     "mono": ("resnet18_mono", []),
+    # The instrument-like measurements of each particle beside its image (late fusion).
+    "color+bgnorm+features": ("resnet18_color_features", ["--data.init_args.color_norm=background"]),
 }
 
 
@@ -84,10 +87,12 @@ def run(argv: list[str] | None = None) -> int:
 
     print(f"\nColour vs mono FIM on SYNTHETIC data, leave-one-antibody-out (held out: {held_out}), "
           f"ResNet-18 at {args.image_size} px, {args.epochs} epochs, seed {args.seed}, one run each")
-    print(f"{'input':<14}" + "".join(f"{name:>20}" for name in METRICS.values()))
+    print(f"{'input':<22}" + "".join(f"{name:>20}" for name in METRICS.values()))
     for row, metrics in results.items():
-        print(f"{row:<14}" + "".join(f"{metrics[key]:>20.3f}" for key in METRICS))
-    print("(color+bgnorm: each crop divided by its own background colour, --data.init_args.color_norm=background)")
+        print(f"{row:<22}" + "".join(f"{metrics[key]:>20.3f}" for key in METRICS))
+    print("(bgnorm: each crop divided by its own background colour, --data.init_args.color_norm=background;\n"
+          " features: the particle's instrument measurements beside the image, configs/supervised/"
+          "resnet18_color_features.yaml)")
     bars = grouped_bars_png({m: {METRICS[k]: results[m][k] for k in METRICS} for m in results},
                             args.out / "color_vs_mono.png", ylabel="test score",
                             title=f"SYNTHETIC data: colour, colour + background norm., mono; held-out antibody {held_out} (one seed)")
