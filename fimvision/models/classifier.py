@@ -15,8 +15,6 @@ from fimvision.models.fusion import FeatureScaler, feature_encoder
 
 
 class ParticleClassifier(FimvisionTask):
-    uses_features = True
-
     """A timm model trained to classify particles (e.g. by stress source), from the image alone or with the
     particle's numeric features (``num_features`` > 0, linked from the data module's ``features``): then
     the image embedding and a small MLP's embedding of the standardised features are joined before the
@@ -31,8 +29,11 @@ class ParticleClassifier(FimvisionTask):
             a fused model, for comparisons.
         feature_hidden: width of the features' MLP embedding.
         **kwargs: the arguments of :class:`~fimvision.models.base.FimvisionTask` (backbone, starting
-            weights, optimizer and schedule, and the data-linked num_classes, class_names, in_chans, img_size).
+            weights, optimizer and schedule, and the data-linked num_classes, class_names, in_chans, img_size,
+            num_features, feature_names).
     """
+
+    uses_features = True
 
 
     def __init__(self, label_smoothing: float = 0.0, class_weights: list[float] | Literal["balanced"] | None = None,

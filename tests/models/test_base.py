@@ -24,6 +24,8 @@ def test_every_family_is_a_fimvision_task():
     for cls in (ParticleClassifier, SimCLR, MoCo, BYOL, DINO, SourceModel, FewShotFinetune, SHOT, NRC, AaD):
         assert issubclass(cls, FimvisionTask), cls
         assert cls.configure_optimizers is FimvisionTask.configure_optimizers, cls  # one optimizer set-up
+        # The CLI's --help describes each argument from the class docstring's Args section.
+        assert cls.__doc__ and "Args:" in cls.__doc__, cls
 
 
 # --- the backbone factory ----------------------------------------------------------------------------------------
