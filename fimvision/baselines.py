@@ -35,16 +35,11 @@ def features_baseline(datamodule, *, seed: int = 0, max_iter: int = 300) -> dict
         raise ConfigError("the features-only baseline needs features: set `features:` on the data module "
                           "(e.g. --data.init_args.features=instrument, or a config such as "
                           "configs/supervised/resnet18_color_features.yaml).")
-    datamodule.setup("fit")
-
-    def split(*names: str) -> tuple[np.ndarray, np.ndarray]:
-        parts = [datamodule.datasets[name] for name in names]
-        x = np.concatenate([d.features[d.positions] for d in parts])
-        y = np.concatenate([d.targets for d in parts])
-        return x, y
-
-    x_train, y_train = split("train", "val")
-    x_test, y_test = split("test")
+    split_of = datamodule.split_rows()
+    features, targets = datamodule.features(), np.asarray(datamodule.manifest.targets())
+    train = np.concatenate([np.flatnonzero(split_of == "train"), np.flatnonzero(split_of == "val")])
+    test = np.flatnonzero(split_of == "test")
+    x_train, y_train, x_test, y_test = features[train], targets[train], features[test], targets[test]
     model = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=True, random_state=seed)
     model.fit(x_train, y_train)
     predicted = model.predict(x_test)

@@ -225,17 +225,15 @@ class FimvisionCLI(LightningCLI):
             self.checkpoint = read_checkpoint(path)
         # Lightning puts the checkpoint's hyper-parameters over the command line; evaluation options are this
         # command's own (`test --model.init_args.tta=true` on a model trained without it).
-        model = self.config[subcommand].get("model") if subcommand else None
-        init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
-        asked = {k: init_args.get(k) for k in EVALUATION_OPTIONS if init_args is not None and k in init_args}
+        asked = {k: self.config[subcommand].get(f"model.init_args.{k}") for k in EVALUATION_OPTIONS} if path else {}
         try:
             super()._parse_ckpt_path()
         except argparse.ArgumentError as err:
             raise CheckpointError(f"checkpoint {path} was saved by a model these settings cannot rebuild "
                                   f"({describe_parse_error(err, None)}). Give the config it was trained with.") from err
-        init_args = self.config[subcommand].model.get("init_args") if asked else None
         for key, value in asked.items():
-            init_args[key] = value
+            if value is not None:
+                self.config[subcommand][f"model.init_args.{key}"] = value
 
     def _checkpoint_hparams(self) -> dict:
         return dict((self.checkpoint or {}).get("hyper_parameters") or {})
@@ -407,20 +405,13 @@ def build_cli(args: list[str] | None = None, *, run: bool = True) -> FimvisionCL
         sys.argv = argv
 
 
-def fit_and_test(args: list[str], *, tta: bool = False) -> tuple[dict[str, float], Path, FimvisionCLI]:
-    """`fimvision fit ARGS` then `test` on the best checkpoint, in this process (the demo and benchmarks
-    drive many runs without paying the imports again). Returns the test metrics (with ``tta``, also the
-    same metrics with test-time augmentation, prefixed ``tta_``), the run folder and the CLI."""
+def fit_and_test(args: list[str]) -> tuple[dict[str, float], Path, FimvisionCLI]:
+    """`fimvision fit ARGS` then `test` on the best checkpoint, in this process (the demo drives several runs
+    without paying the imports again). Returns the test metrics, the run folder and the CLI."""
     cli = build_cli(args, run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     metrics = dict(cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0])
-    run_dir = Path(cli.trainer.log_dir or cli.trainer.default_root_dir)
-    if tta:
-        cli.model.hparams.tta = True
-        again = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
-        metrics.update({f"tta_{k}": v for k, v in again.items()})
-        cli.model.hparams.tta = False
-    return metrics, run_dir, cli
+    return metrics, Path(cli.trainer.log_dir or cli.trainer.default_root_dir), cli
 
 
 def main(args: list[str] | None = None) -> int:

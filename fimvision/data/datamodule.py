@@ -140,14 +140,23 @@ class ParticleDataModule(FimvisionDataModule):
             self._images = decode_images(self.manifest, range(len(self.manifest.frame)), image_size=self.image_size,
                                          keep_scale=self.keep_scale, modality=self.modality,
                                          luminance_formula=self.luminance, color_norm=self.color_norm, sizes=sizes)
-            if self.feature_names:
+            if self.feature_names and self._features is None:
                 self._features = feature_matrix(self.manifest, self.feature_names, crop_sizes=sizes)
         return self._images
 
+    def features(self) -> np.ndarray:
+        """The raw features of every manifest row (N x F, NaN where missing). The images are decoded only when
+        ``crop_px`` needs their sizes (the features-only baseline does without them)."""
+        if self._features is None:
+            if CROP_SIZE in self.feature_names:
+                self._decode()
+            else:
+                self._features = feature_matrix(self.manifest, self.feature_names)
+        return self._features
+
     def train_features(self) -> np.ndarray:
-        """The raw features of the training split (N x F, NaN where missing): what the model standardises on."""
-        data = self.datasets["train"]
-        return data.features[data.positions] if data.features is not None else np.empty((len(data), 0), np.float32)
+        """The raw features of the training split (N x F): what the model standardises on."""
+        return self.features()[self.datasets["train"].positions]
 
     def _dataset(self, rows: np.ndarray, train: bool) -> ParticleDataset:
         mono = self.modality == "mono"

@@ -68,11 +68,10 @@ def resolve_features(manifest: Manifest, features: Sequence[str] | str | None) -
                             f"{list(manifest.frame.columns)}). Curate the export with its .csv/.lst features, or "
                             "leave features out.")
         return found
-    usable = instrument_columns(manifest.frame)
     missing = [c for c in features if c not in manifest.frame.columns and c != CROP_SIZE]
     if missing:
         raise DataError(f"{manifest.path}: features {missing} are not manifest columns. Numeric particle columns "
-                        f"there: {usable or 'none'}.")
+                        f"there: {instrument_columns(manifest.frame) or 'none'}.")
     text = [c for c in features if c != CROP_SIZE and _numeric(manifest.frame, c) is None]
     if text:
         rows = [f"line {manifest.frame['line'].iloc[i]}, column '{c}': '{manifest.frame[c].iloc[i]}' is not a number"
