@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Image only vs image + instrument features (fused) vs features only, and the gradient-boosted features-only
 baseline on the same splits, over 3 seeds: on SYNTHETIC data (configs/study/fusion.yaml) or, with --real, on
-the labelled particles of the real colour FlowCam runs in ../shared/data (configs/study/fusion_real.yaml).
+the labelled particles of real colour FlowCam runs (configs/study/fusion_real.yaml): a folder of
+VisualSpreadsheet run exports with .cla classifications, curated first with each run its own group.
 
 Also reports, for the same runs, test-time augmentation (8 dihedral views) and the calibration error before
 and after temperature scaling: every run is tested again with TTA (the `tta_` columns).
 
     python benchmarks/fusion.py            # synthetic
-    python benchmarks/fusion.py --real     # ../shared/data/flowcam-color-vs4, curated first
+    python benchmarks/fusion.py --real EXPORTS   # EXPORTS: a folder of VisualSpreadsheet run folders
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ from pathlib import Path
 import pandas as pd
 from _common import CACHE, run_study, summary_table
 
-REAL_EXPORTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flowcam-color-vs4"
 METRICS = ["test_acc", "test_balanced_acc", "test_f1_macro"]
 
 
-def curate_real() -> Path:
+def curate_real(exports: Path) -> Path:
     """The real runs curated once: labelled particles only, each run its own group (leave-one-run-out)."""
     out = CACHE / "flowcam-vs4"
     if not (out / "manifest.csv").is_file():
-        runs = sorted(str(p) for p in REAL_EXPORTS.iterdir() if p.is_dir())
+        runs = sorted(str(p) for p in exports.iterdir() if p.is_dir()) if exports.is_dir() else []
         if not runs:
-            sys.exit(f"no real exports under {REAL_EXPORTS}")
+            sys.exit(f"no VisualSpreadsheet run folders under {exports}")
         subprocess.run([sys.executable, "tools/curate_flowcam.py", *runs, "--out", str(out), "--group-from", "run",
                         "--drop-unclassified", "--quiet"], check=True)
     return out
@@ -74,11 +74,12 @@ def boosted_baseline(config: str, out: Path, pair_on: list[str]) -> pd.DataFrame
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", action="store_true", help="the real FlowCam runs in ../shared/data")
+    parser.add_argument("--real", type=Path, metavar="EXPORTS",
+                        help="a folder of real VisualSpreadsheet run folders (curated into datasets/bench/flowcam-vs4)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.real:
-        curate_real()
+        curate_real(args.real)
     config = f"configs/study/fusion{'_real' if args.real else ''}.yaml"
     out = Path(f"runs/bench/fusion{'_real' if args.real else ''}")
     results = run_study(config, out, workers=args.workers)
