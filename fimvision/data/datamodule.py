@@ -12,7 +12,7 @@ from fimvision.data.base import FimvisionDataModule
 from fimvision.data.dataset import ColorNorm, Luminance, Modality, ParticleDataset, decode_images
 from fimvision.data.features import CROP_SIZE, feature_matrix, resolve_features
 from fimvision.data.manifest import Manifest, load_manifest
-from fimvision.data.splits import SplitStrategy, assign_splits, describe, subsample_labels
+from fimvision.data.splits import SplitStrategy, assign_splits, describe, rare_class_warnings, subsample_labels
 from fimvision.data.transforms import eval_transform, train_transform
 from fimvision.errors import ConfigError
 
@@ -186,6 +186,8 @@ class ParticleDataModule(FimvisionDataModule):
             splits = assign_splits(frame.iloc[labelled], self.split, fold=self.fold, n_folds=self.n_folds,
                                    val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed,
                                    notes=notes)
+            for warning in rare_class_warnings(frame.iloc[labelled], splits):
+                log.warning("split '%s' (fold %d): %s", self.split, self.fold, warning)
             if self.label_fraction < 1:
                 splits = subsample_labels(frame.iloc[labelled], splits, self.label_fraction, seed=self.seed)
                 notes.append(f"training on {self.label_fraction:.0%} of the training labels ('unused' column)")
@@ -193,6 +195,21 @@ class ParticleDataModule(FimvisionDataModule):
             log.info("split '%s' (fold %d), particles per class:\n%s%s", self.split, self.fold,
                      describe(frame.iloc[labelled], splits).to_string(), "".join(f"\n{n}" for n in notes))
         return split_of
+
+    def unlabelled_rows(self, split_of: np.ndarray) -> np.ndarray:
+        """The unlabelled rows that unsupervised or semi-supervised training may use: every unlabelled
+        particle except those of a test sample or test group (a held-out run stays unseen, images
+        included) and those whose ``split`` column sets them aside for validation or test."""
+        frame = self.manifest.frame
+        usable = split_of == ""
+        if "split" in frame.columns:
+            usable &= ~frame["split"].isin(["val", "test"]).to_numpy()
+        if self.split != "random":  # grouped splits: the test set's samples and groups are held out whole
+            for column in ("sample", "group"):
+                if column in frame.columns:
+                    held_out = set(frame[column].to_numpy()[split_of == "test"])
+                    usable &= ~frame[column].isin(held_out).to_numpy()
+        return np.flatnonzero(usable)
 
     def build_datasets(self, split_of: np.ndarray) -> None:
         """The train, val and test datasets from the rows' splits."""

@@ -12,8 +12,10 @@ on one side. Strategies:
 
 Validation is drawn by sample too, except where the training part holds too few samples for that
 (fewer than ``MIN_VAL_SAMPLES``, e.g. curated instrument runs, one sample a run): then one sample
-would be the whole validation set, whatever ``val_fraction`` says. There validation is drawn by
-particle, stratified by class, within the training samples, and the split table says so.
+would be the whole validation set, whatever ``val_fraction`` says. Leave-one-group-out then draws
+validation by whole group (run) when two or more training groups remain, so validation sees the
+same kind of shift as the held-out group; otherwise validation is drawn by particle, stratified by
+class, within the training samples. The split table says which rule applied.
 """
 
 from __future__ import annotations
@@ -102,6 +104,29 @@ def _validation_unit(frame: pd.DataFrame, notes: list[str] | None) -> str | None
     return None
 
 
+def _validation_group(frame: pd.DataFrame, notes: list[str] | None) -> str | None:
+    """``group`` when the training part of leave-one-group-out holds two or more groups (validation by whole
+    run), else None (by particle, as :func:`_validation_unit` says)."""
+    n = frame["group"].nunique()
+    if n >= 2:
+        if notes is not None:
+            notes.append(f"validation drawn by whole group (run) from the {n} training groups: fewer than "
+                         f"{MIN_VAL_SAMPLES} samples, and a held-out run is best mimicked by another run")
+        return "group"
+    return _validation_unit(frame, notes)
+
+
+def rare_class_warnings(frame: pd.DataFrame, splits: np.ndarray, min_train: int = 10) -> list[str]:
+    """A line for each class the test set holds but the training and validation sets barely have
+    (fewer than ``min_train`` particles): its test score says little, and the model may never predict it."""
+    labels = frame["label"].to_numpy()
+    train = pd.Series(labels[splits != "test"]).value_counts()
+    test = pd.Series(labels[splits == "test"]).value_counts()
+    return [f"class '{c}': {n} test particle(s) but only {int(train.get(c, 0))} for training and validation; its "
+            "test score says little (add labelled particles of it from other runs)"
+            for c, n in test.items() if train.get(c, 0) < min_train]
+
+
 def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fold: int = 0, n_folds: int = 5,
                   val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0,
                   notes: list[str] | None = None) -> np.ndarray:
@@ -138,7 +163,14 @@ def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fo
             held_out = assign_folds(frame, n_folds, seed=seed) == fold
         splits = np.full(len(frame), "test", dtype=object)
         rest = frame.loc[~held_out]
-        splits[~held_out] = _by_units(rest, _validation_unit(rest, notes), val_fraction, 0.0, rng)
+        unit = _validation_unit(rest, None if strategy == "group" else notes)
+        if unit is None and strategy == "group":
+            unit = _validation_group(rest, notes)
+        splits[~held_out] = _by_units(rest, unit, val_fraction, 0.0, rng)
+        if unit == "group" and not (splits == "val").any():  # each run the only one of its majority class
+            if notes:
+                notes.pop()
+            splits[~held_out] = _by_units(rest, _validation_unit(rest, notes), val_fraction, 0.0, rng)
     elif strategy == "predefined":
         _need(frame, "split", strategy)
         splits = frame["split"].to_numpy()

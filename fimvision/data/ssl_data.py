@@ -3,8 +3,9 @@
 Pretraining needs no labels: a manifest without a ``label`` column (or with empty labels) works.
 Labels, where they exist, are used only to monitor the representation with a kNN classifier:
 
-- ``train`` (pretraining): every unlabelled particle (unless its ``split`` column says val or test)
-  plus the labelled particles of the training split, as lists of augmented views; labels unused.
+- ``train`` (pretraining): every unlabelled particle (unless its ``split`` column says val or test,
+  or it belongs to a test sample or group: a held-out run stays unseen) plus the labelled particles
+  of the training split, as lists of augmented views; labels unused.
 - ``val`` loaders: ``[knn_bank, knn_query]``: the labelled training particles and the validation
   particles, un-augmented. With no labels, none.
 - ``test``: the labelled test split, un-augmented, as in :class:`ParticleDataModule`.
@@ -85,10 +86,7 @@ class SSLDataModule(ParticleDataModule):
             noise_p=noise_p, noise_std=noise_std)
 
     def build_datasets(self, split_of: np.ndarray) -> None:
-        frame = self.manifest.frame
-        unlabelled = np.flatnonzero(split_of == "")
-        if "split" in frame.columns:  # unlabelled particles set aside for evaluation stay out of pretraining
-            unlabelled = unlabelled[~frame["split"].iloc[unlabelled].isin(["val", "test"]).to_numpy()]
+        unlabelled = self.unlabelled_rows(split_of)
         bank = np.flatnonzero(split_of == "train")
         if len(bank) > self.knn_bank_max:
             bank = np.sort(np.random.default_rng(self.seed).choice(bank, self.knn_bank_max, replace=False))

@@ -12,7 +12,7 @@ from fimtest import rewrite_manifest
 from fimvision.data.datamodule import ParticleDataModule
 from fimvision.data.dataset import NORMALISED_BACKGROUND, normalise_background
 from fimvision.data.features import instrument_columns
-from fimvision.data.splits import assign_splits
+from fimvision.data.splits import assign_splits, rare_class_warnings
 from fimvision.errors import DataError
 
 
@@ -83,19 +83,33 @@ def runs_frame(runs: int, per_run: int = 60) -> pd.DataFrame:
     return pd.DataFrame({"label": labels, "sample": run, "group": run, "line": np.arange(len(run)) + 2})
 
 
-def test_few_training_samples_give_a_particle_level_validation_split_and_say_so():
+def test_leave_one_run_out_validates_on_a_whole_training_run_or_by_particle_and_says_so():
     frame, notes = runs_frame(3), []
     splits = assign_splits(frame, "group", fold=0, val_fraction=0.2, notes=notes)
     assert (splits[frame["group"] == "run0"] == "test").all()
-    for run in ("run1", "run2"):  # both training runs give validation particles, in both classes
-        part = frame[(frame["group"] == run).to_numpy() & (splits == "val")]
-        assert len(part) and set(part["label"]) == {"a", "b"}
+    per_run = pd.Series(splits).groupby(frame["group"].to_numpy()).agg(lambda s: set(s))
+    assert sorted(map(sorted, per_run[["run1", "run2"]])) == [["train"], ["val"]]  # one whole run validates
+    assert notes and "by whole group" in notes[0] and "2 training groups" in notes[0]
+    frame, notes = runs_frame(2), []  # one training run left: validation by particle within it
+    splits = assign_splits(frame, "group", fold=0, val_fraction=0.2, notes=notes)
+    part = frame[splits == "val"]
+    assert set(part["group"]) == {"run1"} and set(part["label"]) == {"a", "b"}
     assert abs((splits == "val").sum() / (splits != "test").sum() - 0.2) < 0.05
-    assert notes and "by particle" in notes[0] and "2 training sample" in notes[0]
+    assert notes and "by particle" in notes[0] and "1 training sample" in notes[0]
     many, notes = runs_frame(12, 30), []
     splits = assign_splits(many, "group", fold=0, notes=notes)
     by_sample = pd.Series(splits).groupby(many["sample"].to_numpy()).nunique()
     assert (by_sample == 1).all() and not notes  # enough samples: validation by whole sample, as before
+
+
+def test_a_held_out_run_with_a_class_training_barely_has_is_warned_about():
+    frame = runs_frame(3)
+    frame.loc[(frame["group"] != "run0") & (frame["label"] == "b"), "label"] = "a"
+    frame.loc[frame.index[(frame["group"] == "run1").to_numpy()][:3], "label"] = "b"  # 3 training particles of b
+    splits = assign_splits(frame, "group", fold=0)
+    (warning,) = rare_class_warnings(frame, splits)
+    assert "class 'b': 20 test particle(s) but only 3 for training" in warning
+    assert rare_class_warnings(runs_frame(3), assign_splits(runs_frame(3), "group", fold=0)) == []
 
 
 def test_balanced_sampler_draws_each_class_equally_often(dataset_copy):

@@ -78,3 +78,34 @@ def test_no_labels_means_no_monitoring_loaders(tmp_path):
     data.setup("fit")
     assert data.num_classes == 0 and len(data.datasets["train"]) == 6
     assert data.val_dataloader() == []
+
+
+def test_leave_one_run_out_keeps_the_held_out_runs_unlabelled_particles_out_of_every_training_set(tmp_path):
+    from PIL import Image
+
+    from fimvision.data.datamodule import ParticleDataModule
+
+    (tmp_path / "img").mkdir()
+    rows = []
+    for run in range(3):  # each run: 12 labelled (a/b) and 6 unlabelled particles, one sample a run
+        for i, label in enumerate(["a", "b"] * 6 + [""] * 6):
+            name = f"img/r{run}_{i}.png"
+            Image.fromarray(np.full((12, 12, 3), 10 * i + run, np.uint8)).save(tmp_path / name)
+            rows.append({"image": name, "label": label, "sample": f"run{run}", "group": f"run{run}"})
+    frame = pd.DataFrame(rows)
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    held_out_run = frame.index[frame["group"] == "run0"]
+    unlabelled = frame.index[frame["label"] == ""]
+    ssl = SSLDataModule(root=str(tmp_path), image_size=16, split="group", fold=0, batch_size=4)
+    ssl.setup("fit")
+    pretrain = set(ssl.datasets["train"].rows.tolist())
+    assert not pretrain & set(held_out_run)  # not one image of the test run, labelled or not
+    assert set(unlabelled) - set(held_out_run) <= pretrain  # every other run's unlabelled particle is used
+    supervised = ParticleDataModule(root=str(tmp_path), image_size=16, split="group", fold=0, batch_size=4)
+    supervised.setup("fit")
+    for name in ("train", "val", "test"):  # supervised training and evaluation ignore unlabelled particles
+        assert not set(supervised.datasets[name].rows.tolist()) & set(unlabelled)
+    assert set(supervised.datasets["test"].rows.tolist()) == set(held_out_run) - set(unlabelled)
+    assert ssl.unlabelled_rows(ssl.split_rows()).tolist() == sorted(set(unlabelled) - set(held_out_run))
+    stratified = ParticleDataModule(root=str(tmp_path), image_size=16, split="random", test_fraction=0.3)
+    assert stratified.unlabelled_rows(stratified.split_rows()).tolist() == sorted(unlabelled)  # no run held out
