@@ -51,6 +51,37 @@ def fit_temperature(logits: Tensor, target: Tensor, max_iter: int = 100) -> floa
     return min(max(t, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1]) if math.isfinite(t) else 1.0
 
 
+def fit_combination(log_probs: list[Tensor], target: Tensor, bias_decay: float = 1e-2,
+                    max_iter: int = 200) -> tuple[list[float], list[float]]:
+    """Weights ``w`` (one per model) and class biases ``b`` of the combination
+    ``softmax(sum_m w_m * log_probs[m] + b)`` with minimum negative log-likelihood on (``log_probs``,
+    ``target``): a stacking meta-model with K + M parameters, few enough to fit on a validation split
+    whose rare classes hold a few dozen particles. A small penalty keeps the biases near 0 (no prior
+    shift the data do not ask for). Starts from the geometric mean of the models' probabilities."""
+    n_models, n_classes = len(log_probs), log_probs[0].shape[1]
+    if len(target) == 0:
+        return [1.0 / n_models] * n_models, [0.0] * n_classes
+    with torch.inference_mode(False), torch.enable_grad():
+        stacked = torch.stack([p.detach().double().cpu().clone() for p in log_probs])  # M x N x K
+        target = target.detach().cpu().clone()
+        weights = torch.full((n_models,), 1.0 / n_models, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weights, bias], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            logits = torch.einsum("m,mnk->nk", weights, stacked) + bias
+            loss = torch.nn.functional.cross_entropy(logits, target) + bias_decay * bias.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    w, b = weights.detach(), bias.detach()
+    if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+        return [1.0 / n_models] * n_models, [0.0] * n_classes
+    return w.tolist(), b.tolist()
+
+
 def dihedral_views(image: Tensor) -> list[Tensor]:
     """The 8 rotations and reflections of a batch of square images (N x C x H x W): particles have no
     orientation, so each view is an equally valid picture of the particle."""

@@ -235,6 +235,11 @@ class FimvisionTask(pl.LightningModule):
                              for view in dihedral_views(batch["image"])]).mean(dim=0)
         return probs.clamp_min(1e-12).log()
 
+    def output_logits(self, batch: dict, stage: Literal["val", "test", "predict"]) -> Tensor:
+        """What this model answers for ``stage``: the network's evaluation logits; a family that adds a
+        second stage fitted on validation predictions (stacking) answers differently in test and predict."""
+        return self.evaluation_logits(batch)
+
     def calibrated_probs(self, logits: Tensor) -> Tensor:
         """Class probabilities with the validation temperature (``calibrate``) applied."""
         return (logits.float() / self.temperature).softmax(dim=1)
@@ -252,7 +257,7 @@ class FimvisionTask(pl.LightningModule):
 
     def evaluate(self, batch: dict, stage: Literal["val", "test"]) -> Tensor:
         """Logits of a labelled batch; logs the loss and metrics of its known-class rows (target >= 0)."""
-        logits = self.evaluation_logits(batch)
+        logits = self.output_logits(batch, stage)
         target = batch["target"]
         known = target >= 0
         if stage == "val" and known.any() and not self.trainer.sanity_checking:
@@ -363,4 +368,4 @@ class FimvisionTask(pl.LightningModule):
         return frame, logits
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"], "probs": self.calibrated_probs(self.evaluation_logits(batch))}
+        return {"index": batch["index"], "probs": self.calibrated_probs(self.output_logits(batch, "predict"))}

@@ -48,9 +48,13 @@ class ParticleClassifier(FimvisionTask):
                               "--data.init_args.features=instrument).")
         super().__init__(**kwargs)
 
+    def network_takes_features(self) -> bool:
+        """Whether the network itself sees the features (late fusion); subclasses may route them elsewhere."""
+        return self.hparams.num_features > 0
+
     def configure_models(self) -> None:
         h = self.hparams
-        if h.num_features == 0:  # image only: the timm network with its own head
+        if not self.network_takes_features():  # image only: the timm network with its own head
             self.model = self.build_backbone(num_classes=h.num_classes)
             head = self.model.get_classifier()
         else:
@@ -74,7 +78,7 @@ class ParticleClassifier(FimvisionTask):
                              persistent=False)
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.num_features:
+        if stage == "fit" and self.network_takes_features():
             # Statistics of the training split only; a resumed run gets the checkpoint's back after setup.
             raw = self.trainer.datamodule.train_features()
             if raw.shape[1] != self.hparams.num_features:
@@ -90,11 +94,11 @@ class ParticleClassifier(FimvisionTask):
         # batch-norm statistics (and dropout off).
         if self.hparams.freeze_backbone and hasattr(self, "model"):
             self.model.eval()
-            (self.model.get_classifier() if self.hparams.num_features == 0 else self.head).train()
+            (self.head if self.network_takes_features() else self.model.get_classifier()).train()
 
     def forward(self, x: Tensor, features: Tensor | None = None) -> Tensor:
         h = self.hparams
-        if h.num_features == 0:
+        if not self.network_takes_features():
             return self.model(x)
         if features is None:
             raise ConfigError(f"this model classifies image + {h.num_features} features ({h.feature_names}); the "

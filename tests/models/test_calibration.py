@@ -47,3 +47,22 @@ def test_fit_temperature_works_under_inference_mode_as_in_validation():
         logits = 3 * torch.randn(500, 3, generator=generator)
         target = torch.multinomial((logits / 2).softmax(1), 1, generator=generator).squeeze(1)
         assert fit_temperature(logits, target) == pytest.approx(2.0, rel=0.2)
+
+
+def test_fit_combination_recovers_the_weights_and_class_bias_labels_were_drawn_with():
+    from fimvision.calibration import fit_combination
+
+    generator = torch.Generator().manual_seed(0)
+    a = (2 * torch.randn(20000, 3, generator=generator)).log_softmax(1)
+    b = (2 * torch.randn(20000, 3, generator=generator)).log_softmax(1)
+    bias = torch.tensor([0.5, 0.0, -0.5])
+    target = torch.multinomial((1.5 * a + 0.5 * b + bias).softmax(1), 1, generator=generator).squeeze(1)
+    weights, fitted_bias = fit_combination([a, b], target, bias_decay=0.0)
+    assert weights == pytest.approx([1.5, 0.5], abs=0.08)
+    centred = torch.tensor(fitted_bias) - torch.tensor(fitted_bias).mean()  # softmax ignores a common shift
+    assert centred.tolist() == pytest.approx(bias.tolist(), abs=0.08)
+    # A learner that knows nothing gets (almost) no weight.
+    noise = (2 * torch.randn(20000, 3, generator=generator)).log_softmax(1)
+    weights, _ = fit_combination([a, noise], target)
+    assert abs(weights[1]) < 0.05 < weights[0]
+    assert fit_combination([a, b], torch.empty(0, dtype=torch.long)) == ([0.5, 0.5], [0.0, 0.0, 0.0])
