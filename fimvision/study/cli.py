@@ -26,6 +26,7 @@ import yaml
 from fimvision.console import EXIT_INTERNAL, make_parser, quiet_third_party, run_main
 from fimvision.errors import ConfigError
 from fimvision.files import write_atomically
+from fimvision.study.compare import Design
 from fimvision.study.config import load_study, relative_args
 from fimvision.study.report import write_report
 from fimvision.study.runner import FAILED, StudyRunner
@@ -166,7 +167,7 @@ def run(args) -> int:
     print(f"\n{len(status) - len(failed)} of {len(status)} runs done in {(time.perf_counter() - start) / 60:.1f} min; "
           f"results: {Path(args.out) / 'results.csv'} ({len(results)} rows)")
     if not args.no_report and len(results):
-        report = write_report(args.out, runner.study.title or runner.study.name)
+        report = write_report(args.out, runner.study.title or runner.study.name, Design.of_study(runner.study))
         print(f"report:  {report}\n         {report.with_suffix('.html')}")
         if args.wandb:
             from fimvision.tracking import log_summary
@@ -249,8 +250,12 @@ def report(args) -> int:
     path = Path(args.out) / "results.csv"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: run `fimvision-study collect {args.out}` first.")
-    study = yaml.safe_load((Path(args.out) / STUDY_COPY).read_text()) if (Path(args.out) / STUDY_COPY).is_file() else {}
-    written = write_report(args.out, (study or {}).get("title") or (study or {}).get("name", Path(args.out).name))
+    copy = Path(args.out) / STUDY_COPY
+    if copy.is_file():  # the study the folder was run with: its axes, replicates and comparisons
+        study = load_study(copy)
+        written = write_report(args.out, study.title or study.name, Design.of_study(study))
+    else:  # a results.csv alone: every column that is no metric is an axis
+        written = write_report(args.out, Path(args.out).name)
     print(f"report: {written}\n        {written.with_suffix('.html')}")
     return 0
 

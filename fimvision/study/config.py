@@ -22,6 +22,20 @@ arguments are relative to the study file, as in LightningCLI configs; the typed 
 keys and wrong types. ``synthetic:`` names synthetic datasets the study generates when they are missing
 (folder -> :class:`~fimvision.data.synthetic.SyntheticConfig` fields; folders, like data roots, are
 relative to the working directory).
+
+The report compares the levels of axes (see :mod:`fimvision.study.report`). Axes named in ``replicates``
+(default: ``seed``, ``fold``, ``split``) are the repetitions a comparison pairs on; every other axis with two
+levels or more is compared, each level against the axis's first level. ``compare:`` chooses instead:
+
+.. code-block:: yaml
+
+    compare:
+      input: features_only     # compare the levels of `input` with features_only
+      model: null              # and those of `model` with its first level
+    replicates: [seed, split]  # pair on the same seed and split (default: seed, fold, split)
+
+Only the axes ``compare:`` names are then compared; each must be an axis of some stage, not a replicate,
+and its reference one of its levels.
 """
 
 from __future__ import annotations
@@ -39,8 +53,9 @@ import yaml
 from fimvision.errors import ConfigError
 
 TEST_ONLY = "test-only"
-# Axes whose meaning the report knows (anything else is reported as a plain grouping column).
-MODALITY, FOLD, SEED, METHOD, SHOTS = "modality", "fold", "seed", "method", "shots"
+SEED, FOLD, SPLIT = "seed", "fold", "split"
+# The axes a comparison pairs on by default: repetitions of one condition, not conditions themselves.
+REPLICATES = (SEED, FOLD, SPLIT)
 
 
 @dataclass
@@ -91,12 +106,17 @@ class StudyConfig:
         stages: stage name -> stage, run in this order.
         title: the report's title (default: the name); say there what the data are.
         synthetic: synthetic datasets to generate when missing: folder -> SyntheticConfig fields.
+        compare: axes the report compares -> each one's reference level (null: its first level); default:
+            every axis that is not a replicate, against its first level.
+        replicates: the axes a comparison pairs on (a level of them is a repetition, not a condition).
     """
 
     name: str
     stages: dict[str, Stage]
     title: str = ""
     synthetic: dict[str, dict[str, Any]] = field(default_factory=dict)
+    compare: dict[str, Any] = field(default_factory=dict)
+    replicates: list[str] = field(default_factory=lambda: list(REPLICATES))
     folder: Path = field(default=Path("."), init=False)  # the study file's folder (paths are relative to it)
 
 
@@ -195,7 +215,33 @@ def load_study(path: str | Path) -> StudyConfig:
         later = sorted(set(stage.needs.values()) - set(earlier))
         if later:
             raise ConfigError(f"{path}: stage '{name}' needs stage(s) {later}, which must come before it in the file.")
+    check_compare(study, path)
     return study
+
+
+def axis_levels(study: StudyConfig) -> dict[str, list[str]]:
+    """Every axis of the study -> its levels (value names), in the order the stages give them."""
+    axes: dict[str, list[str]] = {}
+    for stage in study.stages.values():
+        for name, axis in stage.axes.items():
+            levels = axes.setdefault(name, [])
+            levels += [level for level, _ in axis.options() if level not in levels]
+    return axes
+
+
+def check_compare(study: StudyConfig, path: Path) -> None:
+    """Raise a ConfigError naming the axis or level when ``compare:`` names something the study does not have."""
+    axes = axis_levels(study)
+    for axis, reference in study.compare.items():
+        if axis not in axes:
+            raise ConfigError(f"{path}: compare: no stage has an axis '{axis}'; the axes: {list(axes)}.")
+        if axis in study.replicates:
+            raise ConfigError(f"{path}: compare: '{axis}' is a replicate axis (paired on, not compared); "
+                              f"replicates: {study.replicates}.")
+        if isinstance(reference, dict | list):
+            raise ConfigError(f"{path}: compare: '{axis}' takes one reference level (or null), got {reference!r}.")
+        if reference is not None and str(reference) not in axes[axis]:
+            raise ConfigError(f"{path}: compare: axis '{axis}' has no level '{reference}'; its levels: {axes[axis]}.")
 
 
 def expand(study: StudyConfig) -> list[RunSpec]:

@@ -92,8 +92,11 @@ def test_a_study_runs_resumes_after_a_kill_and_reports(synthetic_root, tmp_path)
         assert (folder / "config.yaml").is_file() and (folder / "test_predictions.csv").is_file()
         assert yaml.safe_load((folder / "config.yaml").read_text())["data"]["init_args"]["modality"] == row.modality
     report = (out / "report.md").read_text()
-    assert "## Colour against mono" in report and "too few pairs to conclude (3 < 5)" in report
-    for png in ("color_vs_mono.png", "confusion_matrices.png", "vial_accuracy.png", "learning_curves.png"):
+    assert "## modality: each level against color" in report and "too few pairs to conclude (3 < 5)" in report
+    paired = pd.read_csv(out / "compare_modality.csv").query("metric == 'test_acc'")
+    color, mono = (results[results["modality"] == m].set_index("seed")["test_acc"] for m in ("color", "mono"))
+    assert paired["n_pairs"].tolist() == [3] and paired["mean_diff"].iloc[0] == pytest.approx((mono - color).mean())
+    for png in ("compare_modality.png", "confusion_matrices.png", "vial_accuracy.png", "learning_curves.png"):
         assert (out / png).stat().st_size > 1000, png
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
