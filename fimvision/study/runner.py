@@ -7,6 +7,10 @@ claimed by creating its lock file exclusively; the lock names its host and proce
 while the run goes on, so the lock of a process that was killed is recognised as stale (its process
 is gone, or the lock has not been touched for ``stale_after`` seconds) and the run is run again. A
 finished run (its ``result.json``) is never run again; a crashed one is, from scratch.
+
+A run's result (a row of ``results.csv``) holds the ``test_*`` metrics of the checkpoint that was tested (the
+best, else the last) and the ``val_*`` metrics of that same checkpoint's validation with its epoch
+(``best_epoch``), read from the run's ``metrics.csv``; not those of the last epoch.
 """
 
 from __future__ import annotations
@@ -36,6 +40,38 @@ log = logging.getLogger(__name__)
 RESULT = "result.json"
 FAILED = "failed.json"
 HEARTBEAT_S = 20.0
+
+
+def checkpoint_metrics(folder: Path, checkpoint: str | Path) -> dict[str, float]:
+    """The epoch of ``checkpoint`` (``best_epoch``) and the ``val_*`` metrics of the validation it was saved
+    after, from the run's ``metrics.csv``: what describes the checkpoint that is tested, not the last epoch.
+
+    The epoch and step are the checkpoint's own (stored in it), not parsed from its file name, whose pattern
+    a config may change. Of that epoch's validations (several with ``val_check_interval``), the last one at
+    or before the checkpoint's step.
+    """
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    epoch, step = int(state["epoch"]), int(state.get("global_step", 0))
+    out: dict[str, float] = {"best_epoch": epoch}
+    path = Path(folder) / "metrics.csv"
+    if not path.is_file():
+        return out
+    logged = pd.read_csv(path)
+    columns = [c for c in logged.columns if c.startswith("val_")]
+    if not columns or "epoch" not in logged:
+        return out
+    rows = logged[(logged["epoch"] == epoch) & logged[columns].notna().any(axis=1)]
+    if "step" in rows and (rows["step"] <= step).any():
+        rows = rows[rows["step"] == rows.loc[rows["step"] <= step, "step"].max()]
+    elif "step" in rows and len(rows):
+        rows = rows[rows["step"] == rows["step"].min()]
+    for column in columns:  # a metric may have its own row at that step
+        values = rows[column].dropna()
+        if len(values):
+            out[column] = float(values.iloc[-1])
+    return out
 
 
 class RunLock:
@@ -220,7 +256,11 @@ class StudyRunner:
             cli = build_cli(["fit", *args])
             callback = cli.trainer.checkpoint_callback
             checkpoint = (callback.best_model_path or callback.last_model_path) if callback else ""
-            metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val_")})
+            last = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val_")}
+            metrics.update(checkpoint_metrics(folder, checkpoint) if checkpoint else {})
+            if not any(k.startswith("val_") for k in metrics):  # no metrics.csv: the last epoch's, said so
+                log.warning("run %s: no validation logged for its checkpoint; val_* are the last epoch's", run.id)
+                metrics.update(last)
             metrics["steps"] = cli.trainer.global_step
             if run.test and checkpoint:
                 cli = build_cli(["test", *args, f"--ckpt_path={checkpoint}"])

@@ -86,7 +86,12 @@ def test_a_study_runs_resumes_after_a_kill_and_reports(synthetic_root, tmp_path)
     assert not list(out.glob("locks/*.lock"))
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 6 and results["test_acc"].between(0, 1).all() and (results["wall_s"] > 0).all()
-    assert set(results.columns) >= {"run", "stage", "modality", "seed", "test_acc", "test_f1_macro", "run_dir", "wall_s"}
+    assert set(results.columns) >= {"run", "stage", "modality", "seed", "test_acc", "test_f1_macro", "run_dir", "wall_s",
+                                    "best_epoch", "val_loss"}
+    assert (results["best_epoch"] == 0).all()  # one epoch
+    for row in results.itertuples():  # val_* are those of the tested checkpoint's epoch
+        logged = pd.read_csv(Path(row.run_dir) / "metrics.csv").dropna(subset=["val_loss"])
+        assert row.val_loss == pytest.approx(logged.loc[logged["epoch"] == row.best_epoch, "val_loss"].iloc[-1])
     for row in results.itertuples():  # each run an ordinary run folder, repeatable from its config
         folder = Path(row.run_dir)
         assert (folder / "config.yaml").is_file() and (folder / "test_predictions.csv").is_file()
