@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
 from fimvision.console import make_parser, quiet_third_party, run_main
 from fimvision.errors import ConfigError
+from fimvision.models.trees import fit_booster
 
 METRICS = ("test_acc", "test_balanced_acc", "test_f1_macro")
 
@@ -40,8 +40,7 @@ def features_baseline(datamodule, *, seed: int = 0, max_iter: int = 300) -> dict
     train = np.concatenate([np.flatnonzero(split_of == "train"), np.flatnonzero(split_of == "val")])
     test = np.flatnonzero(split_of == "test")
     x_train, y_train, x_test, y_test = features[train], targets[train], features[test], targets[test]
-    model = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=True, random_state=seed)
-    model.fit(x_train, y_train)
+    model = fit_booster(x_train, y_train, max_iter=max_iter, seed=seed)
     predicted = model.predict(x_test)
     labels = np.arange(datamodule.num_classes)
     return {

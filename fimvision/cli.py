@@ -31,6 +31,7 @@ import fimvision.data.domains  # noqa: F401  (registers DomainDataModule)
 import fimvision.models.adaptation  # noqa: F401  (registers SourceModel, FewShotFinetune, SHOT, NRC, AaD)
 import fimvision.models.classifier  # noqa: F401  (registers the models for short class names)
 import fimvision.models.stacking  # noqa: F401  (registers StackedClassifier)
+import fimvision.models.trees  # noqa: F401  (registers BoostedTrees)
 import fimvision.models.ssl  # noqa: F401  (registers SimCLR, MoCo, BYOL, DINO and SSLDataModule)
 from fimvision.callbacks import RunGuard
 from fimvision.checkpoints import RunCheckpoint, read_checkpoint, run_folder_of

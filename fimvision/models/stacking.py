@@ -36,29 +36,7 @@ from torch import Tensor
 from fimvision.calibration import fit_combination
 from fimvision.errors import CheckpointError, ConfigError
 from fimvision.models.classifier import ParticleClassifier
-
-# Probability floor before the log: a tree ensemble can say 0 for a class it never saw.
-MIN_PROB = 1e-6
-
-
-def fit_booster(features: np.ndarray, targets: np.ndarray, *, max_iter: int, seed: int
-                ) -> HistGradientBoostingClassifier:
-    """Histogram gradient boosting on raw features (NaN allowed), early stopping on an internal split."""
-    booster = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=len(targets) >= 100,
-                                             random_state=seed)
-    return booster.fit(features, targets)
-
-
-def booster_log_probs(booster: HistGradientBoostingClassifier, features: Tensor, num_classes: int) -> Tensor:
-    """Log class probabilities (N x K) of ``booster`` on raw ``features``; classes it never saw get
-    :data:`MIN_PROB`."""
-    probs = np.full((len(features), num_classes), MIN_PROB)
-    if len(features):
-        probs[:, booster.classes_] = np.maximum(booster.predict_proba(features.detach().float().cpu().numpy()),
-                                                MIN_PROB)
-    probs /= probs.sum(axis=1, keepdims=True)
-    return torch.as_tensor(np.log(probs), dtype=torch.float32, device=features.device)
-
+from fimvision.models.trees import booster_log_probs, fit_booster, need_features, split_features
 
 class StackedClassifier(ParticleClassifier):
     """A timm network on the particle image and gradient-boosted trees on its instrument features, combined
@@ -73,13 +51,10 @@ class StackedClassifier(ParticleClassifier):
     """
 
     def __init__(self, fuse_features: bool = False, booster_iter: int = 300, **kwargs: Any) -> None:
-        if kwargs.get("num_features", 0) == 0:
-            raise ConfigError("StackedClassifier combines the image network with trees on the instrument features, "
-                              "but the data module gives none: set `features: instrument` (or a list of columns) "
-                              "on the data module.")
+        need_features(type(self).__name__, kwargs.get("num_features", 0))
         if kwargs.get("features_only"):
-            raise ConfigError("StackedClassifier does not take features_only: for trees on the features alone, run "
-                              "`fimvision-baseline --config ...`.")
+            raise ConfigError("StackedClassifier does not take features_only: for trees on the features alone use "
+                              "BoostedTrees (--model=BoostedTrees) or `fimvision-baseline --config ...`.")
         super().__init__(**kwargs)
         self.booster: HistGradientBoostingClassifier | None = None
         self.booster_val: HistGradientBoostingClassifier | None = None
@@ -95,23 +70,13 @@ class StackedClassifier(ParticleClassifier):
         super().setup(stage)
         if stage != "fit":
             return
-        data = self.trainer.datamodule
-        raw = data.features()
-        train, val = data.datasets["train"], data.datasets["val"]
         seed = int(torch.initial_seed()) % 2**32  # follows seed_everything
         fit = dict(max_iter=self.hparams.booster_iter, seed=seed)
-        self.booster_val = fit_booster(raw[train.positions], train.targets, **fit)
-        self.booster = fit_booster(raw[np.concatenate([train.positions, val.positions])],
-                                   np.concatenate([train.targets, val.targets]), **fit)
+        self.booster_val = fit_booster(*split_features(self.trainer.datamodule, "train"), **fit)
+        self.booster = fit_booster(*split_features(self.trainer.datamodule, "train", "val"), **fit)
 
     def tree_log_probs(self, batch: dict, booster: HistGradientBoostingClassifier | None) -> Tensor:
-        if booster is None:
-            raise CheckpointError("this StackedClassifier has no fitted trees: evaluate a checkpoint written by "
-                                  "`fimvision fit` (the trees are saved in it), not a freshly built model.")
-        if batch.get("features") is None:
-            raise ConfigError(f"the batch has no features; this model needs {self.hparams.feature_names}: set the "
-                              "same `features:` on the data module.")
-        return booster_log_probs(booster, batch["features"], self.hparams.num_classes)
+        return booster_log_probs(booster, batch.get("features"), self.hparams.num_classes)
 
     def combine(self, network_logits: Tensor, tree_log_probs: Tensor) -> Tensor:
         """The meta-model's logits (log-probabilities up to a constant)."""
@@ -166,8 +131,8 @@ class StackedClassifier(ParticleClassifier):
         super().on_load_checkpoint(checkpoint)
         stacking = checkpoint.get("stacking")
         if stacking is None:
-            raise CheckpointError("this checkpoint has no fitted trees (it was not written by a StackedClassifier's "
-                                  "`fimvision fit`); use the config it was trained with.")
+            raise CheckpointError("this checkpoint holds no trees (not written by StackedClassifier's `fimvision fit`): "
+                                  "use the config it was trained with.")
         self.booster = pickle.loads(stacking["booster"])  # the user's own checkpoint: see the module docstring
         self.booster_val = pickle.loads(stacking["booster_val"])
         self.combination = stacking["combination"]

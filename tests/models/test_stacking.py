@@ -13,7 +13,8 @@ import torch
 from fimtest import CONFIGS, fast_args, run_cli, run_main
 
 from fimvision.calibration import fit_combination
-from fimvision.models.stacking import StackedClassifier, booster_log_probs
+from fimvision.models.stacking import StackedClassifier
+from fimvision.models.trees import booster_log_probs
 
 RECIPE = CONFIGS / "supervised" / "fim_real.yaml"
 
@@ -87,3 +88,17 @@ def test_the_recipe_without_features_is_a_config_error(synthetic_root, tmp_path,
     assert run_main(["fit", "--config", RECIPE, *fast_args(synthetic_root, tmp_path),
                      "--model.init_args.backbone=test_resnet", "--data.init_args.features=null"]) == 2
     assert "features: instrument" in capsys.readouterr().err
+
+
+def test_boosted_trees_model_scores_exactly_as_the_baseline_command_on_the_same_split(synthetic_root, tmp_path):
+    from fimvision.baselines import features_baseline
+
+    args = ["--config", RECIPE, *fast_args(synthetic_root, tmp_path),
+            f"--model={CONFIGS / 'supervised' / 'models' / 'boosted_trees.yaml'}"]
+    fit = run_cli(["fit", *args])
+    run_dir = Path(fit.trainer.log_dir)
+    best = next((run_dir / "checkpoints").glob("best*.ckpt"))
+    test = run_cli(["test", "--config", run_dir / "config.yaml", f"--ckpt_path={best}"])
+    baseline = features_baseline(run_cli(args, run=False).datamodule, seed=0)
+    assert float(test.trainer.callback_metrics["test_f1_macro"]) == pytest.approx(baseline["test_f1_macro"], abs=1e-6)
+    assert float(test.trainer.callback_metrics["test_acc"]) == pytest.approx(baseline["test_acc"], abs=1e-6)
