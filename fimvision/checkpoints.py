@@ -4,7 +4,7 @@
 :class:`~fimvision.errors.CheckpointError` naming it, before any work starts. :class:`RunCheckpoint`
 is Lightning's ``ModelCheckpoint`` with two guarantees fimvision's resume and test commands rely on:
 ``last.ckpt`` is the state after the last completed epoch (Lightning 2.6 refreshes it only when a
-top-k checkpoint is saved), and a non-finite monitored value is never kept as "best".
+top-k checkpoint is saved), and no checkpoint is written from a non-finite state (weights or monitored value).
 """
 
 from __future__ import annotations
@@ -78,20 +78,38 @@ def _finite(value: Any) -> bool:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is the state after the last completed epoch, and whose
-    best checkpoints never carry a non-finite monitored value.
+    """``ModelCheckpoint`` whose ``last.ckpt`` is the state after the last completed epoch, and which never
+    writes a non-finite state: no checkpoint (best or last) is saved while a weight or buffer is NaN or
+    infinite or the monitored value is, so ``last.ckpt`` stays the last finite state even with the
+    divergence guard off (``--run_guard.check_finite=false``).
 
     Arguments are those of ``pytorch_lightning.callbacks.ModelCheckpoint`` (``monitor``, ``mode``,
     ``save_last``, ``filename``, ``save_top_k``, ...).
     """
 
-    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+    def _finite_state(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor], kind: str) -> bool:
+        from fimvision.callbacks import weights_finite
+
         current = monitor_candidates.get(self.monitor) if self.monitor else None
-        if current is not None and not _finite(current):
-            log.warning("%s is %s at epoch %d, step %d: not a candidate for the best checkpoint", self.monitor,
-                        float(current), trainer.current_epoch, trainer.global_step)
-            return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        monitor_ok = current is None or _finite(current)
+        weights_ok = weights_finite(trainer.lightning_module)
+        ok = monitor_ok and weights_ok
+        if trainer.world_size > 1:  # every rank takes the same branch: saving is a collective
+            ok = bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
+        if not ok:
+            what = (f"{self.monitor} is {float(current)}" if not monitor_ok
+                    else "the weights are not finite" if not weights_ok else "another process diverged")
+            log.warning("%s at epoch %d, step %d: no %s checkpoint written from this state", what,
+                        trainer.current_epoch, trainer.global_step, kind)
+        return ok
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if self.save_top_k == 0 or self._finite_state(trainer, monitor_candidates, "best" if self.monitor else "new"):
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if not self.save_last or self._finite_state(trainer, monitor_candidates, "last"):
+            super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.fast_dev_run:  # Lightning 2.6 would save last.ckpt even under fast_dev_run

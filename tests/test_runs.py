@@ -42,6 +42,20 @@ def test_non_finite_loss_stops_with_exit_2_and_no_nan_checkpoint(work):
     assert not [p for p in (work / "diverged").rglob("*.ckpt") if "nan" in p.name]
 
 
+def test_non_finite_validation_loss_stops_with_exit_2_and_no_checkpoint_of_it(work):
+    # One training step at lr 1e6 leaves finite weights and a finite training loss, but BatchNorm statistics and
+    # logits so large that the validation loss is NaN: before the guard covered validation this run exited 0.
+    result = run(fit_cmd("--model.init_args.lr=1e6", "--model.init_args.warmup_epochs=0", "--trainer.max_epochs=1",
+                         "--trainer.limit_train_batches=1", save_dir="val_diverged"), work)
+    user_error(result, "training diverged at epoch 0, global step 1: val_loss is nan (no finite val_loss before it; "
+                       "learning rate 1e+06).")
+    assert "--trainer.gradient_clip_val" in result.stderr and "--model.init_args.warmup_epochs" in result.stderr
+    for path in (work / "val_diverged").rglob("*.ckpt"):  # none is written; any there must be finite
+        state = torch.load(path, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()), path
+    assert not list((work / "val_diverged").rglob("best-*.ckpt"))
+
+
 def test_two_runs_started_together_get_separate_complete_folders(work):
     procs = [subprocess.Popen([str(c) for c in fit_cmd("--trainer.max_epochs=1", save_dir="together")], cwd=work,
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
