@@ -29,7 +29,7 @@ from fimvision.files import write_atomically
 from fimvision.study.compare import Design
 from fimvision.study.config import load_study, relative_args
 from fimvision.study.report import write_report
-from fimvision.study.runner import FAILED, StudyRunner
+from fimvision.study.runner import DONE, FAILED, Outcome, RunState, StudyRunner
 
 log = logging.getLogger(__name__)
 STUDY_COPY = "study.yaml"  # the study file a folder was run with, so `collect` and `report` need only the folder
@@ -130,7 +130,7 @@ def _watch(runner: StudyRunner, workers: list, only: list[str] | None) -> None:
 
 
 def run(args) -> int:
-    runner = runner_for(args.config, args.out, stale_after=args.stale_after)
+    runner = runner_for(args.config, args.out, stale_after=args.stale_after, keep_copy=not args.dry_run)
     if args.wandb:
         runner.extra = ["--wandb.enabled=true", f"--wandb.project={args.wandb}", f"--wandb.group={runner.study.name}"]
     wanted = runner.select(args.only) if args.only else list(runner.runs)
@@ -138,14 +138,9 @@ def run(args) -> int:
     print(f"study {runner.study.name}: {len(wanted)} runs, {len(done)} done, {len(wanted) - len(done)} to run "
           f"(folder {args.out})")
     if args.dry_run:
-        for run_id in wanted:
-            spec = runner.runs[run_id]
-            print(f"  {'done ' if run_id in done else 'todo '} {run_id}: {' '.join(relative_args(spec.args, runner.study.folder))}")
+        return dry_run(runner, wanted, done)
     runner.prepare()
     runner.validate()
-    if args.dry_run:
-        print("every run's config and data check out.")
-        return 0
     start = time.perf_counter()
     if args.workers > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
@@ -159,11 +154,12 @@ def run(args) -> int:
         finally:
             for worker in workers:
                 worker.join()
-        status = {i: "done" if runner.result(i) is not None else "failed: see its failed.json" for i in wanted}
+        status = {i: DONE if runner.result(i) is not None else Outcome(RunState.FAILED, "see its failed.json")
+                  for i in wanted}
     else:
         status = runner.run_all(args.only)
     results = runner.collect()
-    failed = {i: s for i, s in status.items() if s != "done"}
+    failed = {i: s for i, s in status.items() if s.failed}
     print(f"\n{len(status) - len(failed)} of {len(status)} runs done in {(time.perf_counter() - start) / 60:.1f} min; "
           f"results: {Path(args.out) / 'results.csv'} ({len(results)} rows)")
     if not args.no_report and len(results):
@@ -177,6 +173,19 @@ def run(args) -> int:
     for run_id, message in failed.items():
         print(f"FAILED {run_id}: {message} ({runner.folder(runner.runs[run_id]) / 'failed.json'})", file=sys.stderr)
     return EXIT_INTERNAL if failed else 0
+
+
+def dry_run(runner: StudyRunner, wanted: list[str], done: list[str]) -> int:
+    """Print the plan (each run, the datasets that would be generated) and check it; write nothing."""
+    for run_id in wanted:
+        spec = runner.runs[run_id]
+        print(f"  {'done ' if run_id in done else 'todo '} {run_id}: {' '.join(relative_args(spec.args, runner.study.folder))}")
+    missing = runner.missing_synthetic()
+    for folder in missing:
+        print(f"  would generate the SYNTHETIC dataset {folder} ({runner.study.synthetic[folder]})")
+    runner.validate(not_yet=missing)
+    print("every run's config and data check out (dry run: nothing was written).")
+    return 0
 
 
 def sweep(args) -> int:

@@ -16,6 +16,7 @@ best, else the last) and the ``val_*`` metrics of that same checkpoint's validat
 from __future__ import annotations
 
 import contextlib
+import enum
 import fnmatch
 import json
 import logging
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,33 @@ log = logging.getLogger(__name__)
 RESULT = "result.json"
 FAILED = "failed.json"
 HEARTBEAT_S = 20.0
+
+
+class RunState(enum.Enum):
+    """How a run of ``run_all`` ended."""
+
+    DONE = "done"
+    FAILED = "failed"  # here: its failed.json says why
+    FAILED_ELSEWHERE = "failed in another process"  # not retried before the next start
+    NEED_FAILED = "a run it needs failed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A run's state and, when it failed, why."""
+
+    state: RunState
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.state is not RunState.DONE
+
+    def __str__(self) -> str:
+        return f"{self.state.value}: {self.message}" if self.message else self.state.value
+
+
+DONE = Outcome(RunState.DONE)
 
 
 def checkpoint_metrics(folder: Path, checkpoint: str | Path) -> dict[str, float]:
@@ -136,8 +165,9 @@ class RunLock:
 
 def _stream_handlers() -> list[logging.StreamHandler]:
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
-    return [h for lg in loggers for h in getattr(lg, "handlers", [])
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    handlers = [h for lg in loggers for h in getattr(lg, "handlers", [])
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    return list(dict.fromkeys(handlers))  # a handler on two loggers once: else its console stream is lost
 
 
 @contextlib.contextmanager
@@ -185,24 +215,30 @@ class StudyRunner:
         return RunLock(self.out / "locks" / f"{run_id}.lock", self.stale_after)
 
     # -- before the first run
+    def missing_synthetic(self) -> list[str]:
+        """The study's synthetic dataset folders that do not exist yet (`prepare` generates them)."""
+        from fimvision.data.manifest import MANIFEST_NAME
+
+        return [folder for folder in self.study.synthetic if not (Path(folder) / MANIFEST_NAME).is_file()]
+
     def prepare(self, progress: bool = True) -> None:
         """Generate the study's synthetic datasets that are missing."""
-        from fimvision.data.manifest import MANIFEST_NAME
         from fimvision.data.synthetic import SyntheticConfig, write_dataset
 
-        for folder, fields in self.study.synthetic.items():
-            if not (Path(folder) / MANIFEST_NAME).is_file():
-                log.info("generating the SYNTHETIC dataset %s (%s)", folder, fields)
-                write_dataset(folder, SyntheticConfig(**fields), workers=min(2, os.cpu_count() or 1), progress=progress)
+        for folder in self.missing_synthetic():
+            fields = self.study.synthetic[folder]
+            log.info("generating the SYNTHETIC dataset %s (%s)", folder, fields)
+            write_dataset(folder, SyntheticConfig(**fields), workers=min(2, os.cpu_count() or 1), progress=progress)
 
-    def validate(self) -> None:
-        """Parse every run's settings, check every dataset it names and that no finished run was made with other
-        arguments, before anything runs; raises a ConfigError naming the run."""
+    def validate(self, not_yet: list[str] | tuple[str, ...] = ()) -> None:
+        """Parse every run's settings, check every dataset it names (but those of ``not_yet``, folders still to
+        be generated) and that no finished run was made with other arguments, before anything runs; raises a
+        ConfigError naming the run. Writes nothing."""
         from fimvision.cli import parse_config
         from fimvision.data.domains.readers import root_kind
         from fimvision.data.manifest import load_manifest
 
-        checked: set[str] = set()
+        checked: set[str] = {str(Path(folder).resolve()) for folder in not_yet}
         for run in self.runs.values():
             done = self.result(run.id)
             args = relative_args(run.args, self.study.folder)
@@ -217,8 +253,8 @@ class StudyRunner:
                 config = parse_config([*args, *self.extra])
                 data = config.data or {}
                 root = str((data.get("init_args") or {}).get("root", ""))
-                if root and root not in checked:
-                    checked.add(root)
+                if root and str(Path(root).resolve()) not in checked:
+                    checked.add(str(Path(root).resolve()))
                     if str(data.get("class_path", "")).endswith("DomainDataModule"):
                         root_kind(root)  # a .mat file, a dataset or a folder of domains, or a clear error
                     else:
@@ -276,17 +312,17 @@ class StudyRunner:
 
     def run_all(self, only: list[str] | None = None, progress: bool = True) -> dict[str, str]:
         """Run every run not done yet (or those of ``only`` and what they need), skipping runs other processes
-        hold; wait for those before returning. Returns run id -> status (done, failed: message)."""
+        hold; wait for those before returning. Returns run id -> its outcome."""
         from tqdm.auto import tqdm
 
         wanted = self.select(only) if only else list(self.runs)
-        status: dict[str, str] = {}
+        status: dict[str, Outcome] = {}
         started = time.time()
         bar = tqdm(total=len(wanted), desc=f"study {self.study.name}", unit="run", disable=not progress)
         while True:
             pending = [i for i in wanted if i not in status and self.result(i) is None]
             for run_id in [i for i in wanted if i not in status and self.result(i) is not None]:
-                status[run_id] = "done"
+                status[run_id] = DONE
                 bar.update()
             if not pending:
                 break
@@ -295,11 +331,12 @@ class StudyRunner:
                 run = self.runs[run_id]
                 failed = self.folder(run) / FAILED
                 if failed.is_file() and failed.stat().st_mtime >= started and not self.lock(run_id).path.exists():
-                    status[run_id] = f"failed in another process: see {failed}"  # not retried before the next start
+                    status[run_id] = Outcome(RunState.FAILED_ELSEWHERE, f"see {failed}")
                     bar.update()
                     continue
-                if any(status.get(n, "").startswith("failed") for _, n in run.needs):
-                    status[run_id] = "failed: a run it needs failed"
+                if any(status[n].failed for _, n in run.needs if n in status):
+                    status[run_id] = Outcome(RunState.NEED_FAILED, ", ".join(n for _, n in run.needs
+                                                                              if n in status and status[n].failed))
                     bar.update()
                     continue
                 if not self._ready(run):
@@ -315,9 +352,9 @@ class StudyRunner:
                             result = self.execute(run)
                         scores = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k in ("test_acc", "val_knn_acc"))
                         bar.write(f"{run_id}: {scores or 'done'} ({result['wall_s']:.0f} s)")
-                    status[run_id] = "done"
+                    status[run_id] = DONE
                 except Exception as err:  # one run's failure is reported; the others go on
-                    status[run_id] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                    status[run_id] = Outcome(RunState.FAILED, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
                     failure = json.dumps({"run": run_id, "error": str(err), "log": str(self.log_file(run_id)),
                                           "traceback": traceback.format_exc()}, indent=1)
                     write_atomically(self.folder(run) / FAILED, lambda p, text=failure: p.write_text(text))
