@@ -194,17 +194,22 @@ def sweep(args) -> int:
     runner.prepare()
     runner.validate()
     out = Path(args.out).resolve()
+    root = checkout_root(Path(args.config).resolve().parent)
+    # paths relative to the checkout (as the study's data roots are): the file works from any clone of it
+    config, shared = portable(Path(args.config), root), portable(out, root)
     spec = {"program": "fimvision-study", "name": runner.study.name, "method": "grid",
             "metric": {"name": SWEEP_METRIC, "goal": "maximize"},
             "parameters": {"run": {"values": list(runner.runs)}},
-            "command": ["${env}", "fimvision-study", "run-one", "--config", str(Path(args.config).resolve()),
-                        "--out", str(out), "${args}"]}
+            "command": ["${env}", "fimvision-study", "run-one", "--config", config, "--out", shared, "${args}"]}
     path = out / "sweep.yaml"
+    where = (f"# Paths are relative to the repository root ({root.name}/ here): agents run in a checkout of it, started\n"
+             "# there (or anywhere, with fimvision installed from the checkout: run-one then works in it).\n"
+             if root else "")
     header = (f"# W&B grid sweep over the {len(runner.runs)} runs of study {runner.study.name}. Every agent must see\n"
-              f"# {out} (shared storage) and have fimvision-study on its PATH:\n"
-              f"#   wandb sweep --project {args.project} {path}     # prints ENTITY/PROJECT/SWEEP_ID\n"
+              f"# {shared} (shared storage) and have fimvision-study on its PATH.\n{where}"
+              f"#   wandb sweep --project {args.project} {shared}/sweep.yaml     # prints ENTITY/PROJECT/SWEEP_ID\n"
               "#   wandb agent ENTITY/PROJECT/SWEEP_ID                # on as many machines as you like\n"
-              f"#   fimvision-study collect {out}                      # then: fimvision-study report {out}\n")
+              f"#   fimvision-study collect {shared}                      # then: fimvision-study report {shared}\n")
     write_atomically(path, lambda p: p.write_text(header + yaml.safe_dump(spec, sort_keys=False)))
     print(f"sweep file: {path} ({len(runner.runs)} runs)")
     if args.create:
@@ -217,8 +222,35 @@ def sweep(args) -> int:
     return 0
 
 
+def checkout_root(start: Path) -> Path | None:
+    """The repository checkout holding ``start`` (the nearest folder above it with a pyproject.toml), or None."""
+    return next((folder for folder in [start, *start.parents] if (folder / "pyproject.toml").is_file()), None)
+
+
+def portable(path: Path, root: Path | None) -> str:
+    """``path`` relative to the checkout ``root`` when inside it (any clone resolves it), else absolute."""
+    path = path.resolve()
+    return path.relative_to(root).as_posix() if root and path.is_relative_to(root) else str(path)
+
+
+def work_in_checkout(config: str) -> None:
+    """Resolve a sweep file's relative paths at run time: when ``config`` is not found from the working folder,
+    work in the checkout of the installed fimvision if it holds it (data roots, too, are relative to it)."""
+    if Path(config).is_absolute() or Path(config).exists():
+        return
+    import fimvision
+
+    root = checkout_root(Path(fimvision.__file__).resolve().parent)
+    if root is None or not (root / config).is_file():
+        raise ConfigError(f"study file {config} not found from {Path.cwd()}: start the agent in the repository root "
+                          "(the sweep file's paths are relative to it).")
+    log.info("working in %s, the checkout that holds %s", root, config)
+    os.chdir(root)
+
+
 def run_one(args) -> int:
     """One run (and what it needs) in the shared folder; under a sweep agent its result becomes the agent's W&B run."""
+    work_in_checkout(args.config)
     runner = runner_for(args.config, args.out, extra=["--wandb.enabled=false"], stale_after=args.stale_after,
                         keep_copy=False)
     if args.run not in runner.runs:

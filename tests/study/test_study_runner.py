@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -95,3 +96,44 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     user_error(run(study_cmd("run", "--config", study, "--out", tmp_path / "out", "--dry-run"), tmp_path),
                "seed_everythin")  # still checks every run's settings
     assert sorted(tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------------------------ sweep files
+TINY = ["--model.init_args.backbone=test_resnet", "--data.init_args.image_size=32", "--data.init_args.batch_size=8",
+        "--data.init_args.num_workers=0", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2"]
+
+
+def test_a_sweep_file_names_paths_relative_to_the_checkout_and_runs_from_a_moved_one(synthetic_root, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "studies").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    shutil.copytree(synthetic_root, repo / "data")
+    (repo / "studies" / "s.yaml").write_text(yaml.safe_dump({"name": "sw", "stages": {"main": {
+        "args": ["--config", str(CONFIGS / "supervised" / "resnet18_color.yaml"), "--data.init_args.root=data", *TINY],
+        "axes": {"seed": {"values": [0], "args": ["--seed_everything={}"]}}}}}))
+    result = run(study_cmd("sweep", "--config", repo / "studies" / "s.yaml", "--out", "runs/sw"), repo)
+    assert result.returncode == 0, result.stderr
+    text = (repo / "runs" / "sw" / "sweep.yaml").read_text()
+    command = yaml.safe_load(text)["command"]
+    assert command == ["${env}", "fimvision-study", "run-one", "--config", "studies/s.yaml", "--out", "runs/sw", "${args}"]
+    assert str(tmp_path) not in text  # nothing absolute: any clone of the checkout resolves it
+
+    moved = tmp_path / "elsewhere" / "clone"
+    moved.parent.mkdir()
+    repo.rename(moved)
+    result = run([*study_cmd(*command[2:-1]), "--run=main__seed=0"], moved)  # what an agent started there runs
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert json.loads((moved / "runs" / "sw" / "runs" / "main__seed=0" / "result.json").read_text())["test_acc"] >= 0
+
+
+def test_run_one_works_in_the_installed_checkout_when_started_elsewhere(tmp_path, monkeypatch):
+    from fimvision.errors import ConfigError
+    from fimvision.study.cli import work_in_checkout
+
+    monkeypatch.chdir(tmp_path)
+    work_in_checkout("configs/study/fusion.yaml")  # not found here: found in the checkout fimvision runs from
+    assert Path.cwd() == CONFIGS.parent
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="study file configs/study/nowhere.yaml not found from .*repository root"):
+        work_in_checkout("configs/study/nowhere.yaml")
