@@ -50,13 +50,19 @@ from fimvision.tracking import WandbTracking
 
 __all__ = ["FimvisionCLI", "RunCheckpoint", "RunCSVLogger", "build_cli", "fit_and_test", "main"]
 
-# Model arguments that must match between a checkpoint and the data it is used on.
-CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size", "feature_names")
-# Model arguments that say how to evaluate, not what was trained: the command's values win over a checkpoint's.
-EVALUATION_OPTIONS = ("tta", "calibrate")
+# Model arguments that come from the data module (links): after instantiation they must match the checkpoint's
+# (the error names the data setting that fits it).
+CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size", "feature_names", "num_features")
+# Model arguments that say how to evaluate, not what was trained. With --ckpt_path, every other model argument is
+# the checkpoint's: a command that sets one to another value is refused (see FimvisionCLI._check_given_options).
+# A model class may declare its own list as the ClassVar `evaluation_hparams`.
+EVALUATION_OPTIONS = ("tta", "calibrate", "knn_k", "knn_t")
 # Model arguments that only say where starting weights come from: a full checkpoint (--ckpt_path)
 # supersedes them, so they are not loaded again (no hub download, no need to keep the files).
 STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint": None}
+# Starting-weight arguments a checkpoint makes moot without clearing them (the adaptation models read the
+# source model's settings from it); neither applied nor refused with --ckpt_path.
+MOOT_WITH_CHECKPOINT = (*STARTING_WEIGHTS, "source_checkpoint")
 # Trainer arguments whose int means batches and float a fraction: Lightning annotates them float-first,
 # so "1" would become 1.0 (all batches).
 INT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
@@ -142,6 +148,43 @@ def _class_options(class_path: str) -> list[str]:
         return []
 
 
+def _model_class(class_path: str) -> type | None:
+    """The model class a resolved ``class_path`` names, or None."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(__import__(module, fromlist=[name]), name) if module else None
+    except (ImportError, AttributeError):
+        return None
+
+
+def _class_defaults(cls: type) -> dict[str, Any]:
+    """The default of each init argument of ``cls`` (through **kwargs to its bases too), as jsonargparse parses it."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "x", fail_untyped=False)
+    defaults = parser.get_defaults().get("x")
+    return defaults.as_dict() if isinstance(defaults, Namespace) else {}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data for comparing a given option with a checkpoint's (namespaces and tuples unwrapped)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _show(value: Any) -> str:
+    """A value as a user would type it on the command line."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(_plain(value))
+
+
 def _type_name(text: str) -> str:
     """'<class 'float'>' -> 'a float'; "typing.Literal['a', 'b']" -> "one of 'a', 'b'"."""
     plain = re.fullmatch(r"<class '(?:builtins\.)?(\w+)'>", text)
@@ -220,22 +263,68 @@ class FimvisionCLI(LightningCLI):
         """The config of the subcommand being run (the whole config when run=False)."""
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def parse_arguments(self, parser, args) -> None:
+        # The command line as given: an option named on it counts as given even when it repeats a default.
+        self._command_args = [str(a) for a in (sys.argv[1:] if args is None else args)] \
+            if isinstance(args, list | tuple) or args is None else []
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path:
-            self.checkpoint = read_checkpoint(path)
-        # Lightning puts the checkpoint's hyper-parameters over the command line; evaluation options are this
-        # command's own (`test --model.init_args.tta=true` on a model trained without it).
-        asked = {k: self.config[subcommand].get(f"model.init_args.{k}") for k in EVALUATION_OPTIONS} if path else {}
+        if not path:
+            return
+        self.checkpoint = read_checkpoint(path)
+        # Lightning puts the checkpoint's hyper-parameters over the command's model options. Evaluation options
+        # the command gives are re-applied (`test --model.init_args.tta=true` on a model trained without it);
+        # any other model option the command gives must agree with the checkpoint (refused otherwise).
+        given, evaluation = self._check_given_options(subcommand, path)
         try:
             super()._parse_ckpt_path()
         except argparse.ArgumentError as err:
             raise CheckpointError(f"checkpoint {path} was saved by a model these settings cannot rebuild "
                                   f"({describe_parse_error(err, None)}). Give the config it was trained with.") from err
-        for key, value in asked.items():
-            if value is not None:
-                self.config[subcommand][f"model.init_args.{key}"] = value
+        for key in evaluation:
+            if key in given:
+                self.config[subcommand][f"model.init_args.{key}"] = given[key]
+
+    def _check_given_options(self, subcommand: str, path: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The model options this command gives (set in its config files to a non-default value, or named on
+        its command line) and the model's evaluation-time option names. Raises a ConfigError naming each
+        given option that would change what the checkpoint holds: its class, or a non-evaluation argument."""
+        model = self.config[subcommand].get("model")
+        saved = self._checkpoint_hparams()
+        if not isinstance(model, Namespace) or not saved:
+            return {}, EVALUATION_OPTIONS
+        class_path = str(model.get("class_path") or "")
+        cls = _model_class(class_path)
+        evaluation = tuple(getattr(cls, "evaluation_hparams", EVALUATION_OPTIONS))
+        run = run_folder_of(path)
+        config = f"{run / 'config.yaml'}" if run is not None else "the config it was trained with"
+        saved_class = saved.get("_class_path")
+        if saved_class and class_path and saved_class != class_path:
+            raise ConfigError(
+                f"--model: checkpoint {path} holds a {saved_class.rsplit('.', 1)[-1]}, but this command gives a "
+                f"{class_path.rsplit('.', 1)[-1]}. Give {config} as --config, or another checkpoint.")
+        init = model.get("init_args")
+        values = init.as_dict() if isinstance(init, Namespace) else dict(init or {})
+        defaults = _class_defaults(cls) if cls is not None else {}
+        named = {m.group(1) for a in getattr(self, "_command_args", [])
+                 for m in [re.match(r"--model\.(?:init_args\.)?(\w+)", a)] if m}
+        given = {k: v for k, v in values.items()
+                 if k in named or k not in defaults or _plain(v) != _plain(defaults[k])}
+        fixed = set(evaluation) | set(MOOT_WITH_CHECKPOINT) | set(CHECKPOINT_CONTRACT)
+        wrong = {k: v for k, v in given.items() if k not in fixed and k in saved and _plain(v) != _plain(saved[k])}
+        if wrong:
+            details = "; ".join(f"--model.init_args.{k}={_show(v)} given, the checkpoint has {_show(saved[k])}"
+                                for k, v in wrong.items())
+            options = [f"--model.init_args.{k}" for k in evaluation if k in defaults]
+            raise ConfigError(
+                f"checkpoint {path} fixes the trained model, and this command changes it: {details}. Drop "
+                f"{'this option' if len(wrong) == 1 else 'these options'} (the checkpoint's values are used) or give "
+                f"{config} as --config. With a checkpoint only evaluation options apply: "
+                f"{', '.join(options) + ' and ' if options else ''}the data, trainer and output options.")
+        return given, evaluation
 
     def _checkpoint_hparams(self) -> dict:
         return dict((self.checkpoint or {}).get("hyper_parameters") or {})

@@ -138,3 +138,46 @@ def test_predict_on_two_processes_gathers_every_particle_once(fitted, work, tmp_
     particles = pd.read_csv(tmp_path / "predictions.csv")
     assert len(particles) == 64 and particles["particle_id"].is_unique
     assert pd.read_csv(tmp_path / "samples.csv")["n_particles"].sum() == 64
+
+
+def eval_cmd(subcommand: str, ckpt, save_dir: str, *extra: str) -> list:
+    return [exe("fimvision"), subcommand, "--config", SUPERVISED, "--data.init_args.root=data",
+            "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false",
+            f"--trainer.logger.init_args.save_dir={save_dir}", f"--ckpt_path={ckpt}", *extra]
+
+
+def test_with_a_checkpoint_evaluation_options_apply_and_model_changes_are_refused(fitted, work):
+    # A copy outside the run folder: these commands write a run folder of their own, not into the fixture's.
+    ckpt = work / "options" / "trained.ckpt"
+    ckpt.parent.mkdir(exist_ok=True)
+    ckpt.write_bytes((fitted / "checkpoints" / "last.ckpt").read_bytes())
+    (work / "options" / "deeper.yaml").write_text("init_args:\n  feature_hidden: 32\n")
+    subcommands = ("test", "predict", "validate")
+    refused = [eval_cmd(sub, ckpt, f"options/refused_{sub}", "--model", "options/deeper.yaml",
+                        "--model.init_args.backbone=resnet18", "--model.init_args.tta=true") for sub in subcommands]
+    applied = [eval_cmd(sub, ckpt, f"options/{sub}", "--model.init_args.tta=true", "--model.init_args.calibrate=false",
+                        "--data.init_args.batch_size=5", f"--prediction_writer.output_dir=options/{sub}_out")
+               for sub in subcommands]
+    results = run_all([*refused, *applied], work, at_once=2)
+    for sub, result in zip(subcommands, results[:3], strict=True):
+        # The backbone named on the command line (though it is the default) and a value from a config file.
+        user_error(result, f"checkpoint {ckpt} fixes the trained model, and this command changes it: "
+                           "--model.init_args.feature_hidden=32 given, the checkpoint has 64; "
+                           "--model.init_args.backbone=resnet18 given, the checkpoint has test_resnet.")
+        assert "decoding images" not in result.stderr, sub  # refused before any work
+        assert not (work / "options" / f"refused_{sub}").exists(), sub
+    for sub, result in zip(subcommands, results[3:], strict=True):
+        assert result.returncode == 0, (sub, result.stderr[-2000:])
+        (run_dir,) = (work / "options" / sub / "lightning_logs").iterdir()
+        config = yaml.safe_load((run_dir / f"config_{sub}.yaml").read_text())
+        model, data = config["model"]["init_args"], config["data"]["init_args"]
+        assert (model["tta"], model["calibrate"], data["batch_size"]) == (True, False, 5), sub
+        assert model["backbone"] == "test_resnet" and model["feature_hidden"] == 64, sub  # the checkpoint's network
+    assert len(pd.read_csv(work / "options" / "predict_out" / "predictions.csv")) == 64
+
+
+def test_a_checkpoint_of_another_model_class_is_refused(fitted, work):
+    result = run(eval_cmd("test", fitted / "checkpoints" / "last.ckpt", "options/other_class", "--model=SimCLR"), work)
+    user_error(result, "--model: checkpoint ")
+    assert f"holds a ParticleClassifier, but this command gives a SimCLR. Give {fitted / 'config.yaml'}" \
+        in result.stderr
