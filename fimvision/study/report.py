@@ -63,8 +63,8 @@ class Report:
         self.out, self.title = Path(out), title
         path = self.out / "results.csv"
         columns = pd.read_csv(path, nrows=0).columns
-        text = [c for c in columns if c in (design.axes if design else ()) or not (
-            c in RESULT_COLUMNS - {"stage", "run"} or c.startswith(("val_", "test_", "train_")))]
+        metric = [c for c in columns if c.startswith(("val_", "test_", "train_")) or c in RESULT_COLUMNS - {"stage"}]
+        text = [c for c in columns if c not in metric or (design and c in design.axes)]
         # axis values as written (`1`, not `1.0` when some runs lack the axis)
         self.results = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(text, str))
         self.design = design or Design.infer(self.results)

@@ -14,8 +14,9 @@ import torch
 import yaml
 from fimtest import CONFIGS, run, study_cmd, user_error
 
+from fimvision.study.checkpoint import checkpoint_metrics
 from fimvision.study.config import load_study
-from fimvision.study.runner import RunState, StudyRunner, checkpoint_metrics
+from fimvision.study.runner import RunState, StudyRunner
 
 
 def metrics_log(path) -> None:
