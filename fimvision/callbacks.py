@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
+import time
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks.progress import ProgressBar
 
 from fimvision.errors import DivergenceError
 
@@ -221,3 +224,37 @@ class RunGuard(pl.Callback):
         if self._pending_state is not None:
             restore_random_state(self._pending_state)
             self._pending_state = None
+
+
+class EpochLines(ProgressBar):
+    """Progress for a log file: one line per training epoch (its metrics and duration) on stdout, no per-batch
+    bar. The `fimvision` CLI uses it instead of Lightning's bar when stdout is not a terminal, where every bar
+    update would become a line of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._started = 0.0
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def disable(self) -> None:  # Lightning disables progress bars on every rank but the first
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after the epoch's validation, so its line carries the validation metrics too.
+        if not self._enabled or trainer.sanity_checking:
+            return
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items()))
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        print(f"epoch {trainer.current_epoch + 1}{total} (step {trainer.global_step}, "
+              f"{time.monotonic() - self._started:.1f} s){': ' + shown if shown else ''}", file=sys.stdout, flush=True)

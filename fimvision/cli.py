@@ -24,16 +24,17 @@ from typing import Any
 
 import pytorch_lightning as pl
 from jsonargparse import DefaultHelpFormatter, Namespace
+from pytorch_lightning.callbacks.progress import ProgressBar
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 import fimvision.data.datamodule  # noqa: F401  (registers the data modules for short class names)
 import fimvision.data.domains  # noqa: F401  (registers DomainDataModule)
 import fimvision.models.adaptation  # noqa: F401  (registers SourceModel, FewShotFinetune, SHOT, NRC, AaD)
 import fimvision.models.classifier  # noqa: F401  (registers the models for short class names)
+import fimvision.models.ssl  # noqa: F401  (registers SimCLR, MoCo, BYOL, DINO and SSLDataModule)
 import fimvision.models.stacking  # noqa: F401  (registers StackedClassifier)
 import fimvision.models.trees  # noqa: F401  (registers BoostedTrees)
-import fimvision.models.ssl  # noqa: F401  (registers SimCLR, MoCo, BYOL, DINO and SSLDataModule)
-from fimvision.callbacks import RunGuard
+from fimvision.callbacks import EpochLines, RunGuard
 from fimvision.checkpoints import RunCheckpoint, read_checkpoint, run_folder_of
 from fimvision.console import (
     EXIT_INTERRUPTED,
@@ -146,6 +147,13 @@ def _class_options(class_path: str) -> list[str]:
         return [a.dest.removeprefix("x.") for a in parser._actions if a.dest.startswith("x.")]
     except Exception:  # a suggestion is a courtesy; never fail the error message on it
         return []
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed streams (pytest's capture, a closed pipe)
+        return False
 
 
 def _model_class(class_path: str) -> type | None:
@@ -372,6 +380,16 @@ class FimvisionCLI(LightningCLI):
             logging.getLogger("fimvision").info("%s sets the trainer's %s", type(self.model).__name__,
                                                 ", ".join(f"{k}={v}" for k, v in needs.items()))
         return super().instantiate_trainer(**{**needs, **kwargs})
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+        # Lightning's bar redraws itself with carriage returns: in a log file (stdout not a terminal: sweep agents,
+        # study workers, `> log`) every update becomes text. There, one line per epoch instead.
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        has_bar = any(isinstance(c, ProgressBar) for c in [*given, *callbacks])
+        if config.get("enable_progress_bar") is not False and not has_bar and not _is_terminal(sys.stdout):
+            callbacks = [*callbacks, EpochLines()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()

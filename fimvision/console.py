@@ -87,15 +87,38 @@ def run_tool(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     sys.exit(run_main(main, argv))
 
 
-class _DropThirdPartyTips(logging.Filter):
+# torch.utils.cpp_extension (imported by torch.utils.benchmark, e.g. for `fimvision-efficiency`) looks for a CUDA
+# toolkit when imported and warns "No CUDA runtime is found" on every machine that has one but no GPU. It concerns
+# compiling C++ extensions, which fimvision never does; a missing GPU is reported where it matters (--device=cuda).
+DROPPED_CUDA_PROBE = ("No CUDA runtime is found",)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(DROPPED_MESSAGES)
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def tqdm_disable(progress: bool = True) -> bool | None:
+    """tqdm's ``disable`` for a bar the caller asked for (``progress``): None, tqdm's "only on a terminal", so a
+    log redirected to a file gets no bar lines; True when not asked for."""
+    return None if progress else True
+
+
+def _add_filter(logger: str, prefixes: tuple[str, ...]) -> None:
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, _DropMessages) and f.prefixes == prefixes for f in target.filters):  # once per process
+        target.addFilter(_DropMessages(prefixes))
 
 
 def quiet_third_party() -> None:
     """Silence noise that third-party libraries print on every run and that says nothing about this run."""
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropThirdPartyTips())
-    logging.getLogger("lightning_fabric.utilities.rank_zero").addFilter(_DropThirdPartyTips())
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        _add_filter(name, DROPPED_MESSAGES)
+    _add_filter("torch.utils.cpp_extension", DROPPED_CUDA_PROBE)
     # torch deprecated LeafSpec; Lightning 2.6 still uses it internally.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # jsonargparse warns when args are passed in-process, which is how the demo and the study runner call the CLI.

@@ -271,3 +271,19 @@ def test_options_are_not_abbreviated(synthetic_root, tmp_path, capsys):
     assert run_main(["fit", "--config", CONFIGS / "supervised" / "resnet18_color.yaml",
                      *fast_args(synthetic_root, tmp_path), "--trainer.max_epoch=3"]) == 2
     assert "unknown option --trainer.max_epoch. Did you mean --trainer.max_epochs" in capsys.readouterr().err
+
+
+def test_progress_bar_on_a_terminal_one_line_per_epoch_elsewhere(synthetic_root, tmp_path, monkeypatch):
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from fimvision.callbacks import EpochLines
+
+    base = ["--config", CONFIGS / "supervised" / "resnet18_color.yaml", *fast_args(synthetic_root, tmp_path)]
+
+    def bar(terminal: bool, *extra):
+        monkeypatch.setattr("sys.stdout.isatty", lambda: terminal, raising=False)
+        return run_cli([*base, *extra], run=False).trainer.progress_bar_callback
+
+    assert type(bar(True, "--trainer.enable_progress_bar=true")) is TQDMProgressBar
+    assert type(bar(False, "--trainer.enable_progress_bar=true")) is EpochLines
+    assert bar(False) is None  # switched off: no line either

@@ -67,9 +67,14 @@ def test_help_of_every_console_script(work):
     # (Each tool's --help is checked in tests/curation/test_curation_tools_cli.py; below each tool runs here.)
     cmds = [[exe("fimvision"), "--help"], [exe("fimvision-demo"), "--help"], [exe("fimvision-study"), "--help"],
             [exe("fimvision-efficiency"), "--help"], [exe("fimvision-baseline"), "--help"]]
-    results = run_all(cmds, work, at_once=5)
+    results = run_all([*cmds, [exe("fimvision-efficiency"), "benchmark", "--help"]], work, at_once=3)
+    assert "No CUDA runtime" not in results[-1].stdout + results[-1].stderr  # (its --device option names cuda)
+    results = results[:-1]
     for cmd, result in zip(cmds, results, strict=True):
         assert result.returncode == 0 and result.stdout.startswith("usage:"), (cmd, result.stderr[-500:])
+        # No CUDA probe noise ("No CUDA runtime is found, using CUDA_HOME=..." from torch.utils.cpp_extension, which
+        # torch.utils.benchmark imports) on a machine without a GPU: no line mentions CUDA at all.
+        assert not [line for line in (result.stdout + result.stderr).splitlines() if "cuda" in line.lower()], cmd
     main_help = results[0].stdout
     assert "flow imaging microscopy" in main_help
     assert sum(line.strip().startswith(("fimvision fit", "fimvision test", "fimvision predict"))
@@ -113,6 +118,7 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
             user_error(result, message)
         else:
             assert result.returncode == 0, (cmd, result.stderr[-1500:])
+        assert "No CUDA runtime" not in result.stderr, cmd
     if (SHARED_DATA / "domain-adaptation").is_dir():  # the fetch tool's checked copy, where the real files exist
         result = run([*tool["fetch_data"], "domain-adaptation", "--out", tmp_path / "da",
                       "--from", SHARED_DATA / "domain-adaptation"], work)

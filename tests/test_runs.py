@@ -181,3 +181,17 @@ def test_a_checkpoint_of_another_model_class_is_refused(fitted, work):
     user_error(result, "--model: checkpoint ")
     assert f"holds a ParticleClassifier, but this command gives a SimCLR. Give {fitted / 'config.yaml'}" \
         in result.stderr
+
+
+def test_a_redirected_fit_logs_one_line_per_epoch_and_no_progress_bar(work):
+    # stdout is a pipe here, as in a log file, a study worker or a sweep agent; the progress bar is left on.
+    cmd = [c for c in fit_cmd("--trainer.max_epochs=2", "--trainer.limit_train_batches=2", save_dir="quiet")
+           if c != "--trainer.enable_progress_bar=false"]
+    result = run(cmd, work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" (")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], result.stdout
+    assert "val_loss " in lines[-1] and "(step 4, " in lines[-1]
+    for stream in (result.stdout, result.stderr):  # no bar redrawn with carriage returns, no Lightning bar text
+        assert "it/s]" not in stream and "Epoch 0:" not in stream and "Sanity Checking" not in stream
+    assert "\r" not in result.stdout and "█" not in result.stdout

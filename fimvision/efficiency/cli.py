@@ -18,18 +18,28 @@ from pathlib import Path
 import torch
 
 from fimvision.console import EXIT_OK, EXIT_USER_ERROR, one_line, quiet_third_party, run_main
-from fimvision.efficiency.benchmark import BenchmarkSettings, run_benchmark
-from fimvision.efficiency.chai import ChaiSettings, run_chai
-from fimvision.efficiency.deviation import DeviationSettings, run_deviation
-from fimvision.efficiency.drift import DriftSettings, run_drift
-from fimvision.efficiency.profile import ProfileSettings, run_profile
 from fimvision.errors import FimvisionError
 
 MODEL_PREFIXES = ("--model", "--data", "--trainer", "--seed_everything", "--wandb")
-# Each subcommand: its typed settings and the function that runs it (in the module of its concern).
-SUBCOMMANDS = {"deviation": (DeviationSettings, run_deviation), "benchmark": (BenchmarkSettings, run_benchmark),
-               "profile": (ProfileSettings, run_profile), "drift": (DriftSettings, run_drift),
-               "chai": (ChaiSettings, run_chai)}
+
+
+def subcommand_table() -> dict:
+    """Each subcommand: its typed settings and the function that runs it (in the module of its concern).
+
+    Imported when called, after :func:`main` has set up logging: ``benchmark`` imports
+    ``torch.utils.benchmark``, whose import probes for a CUDA toolkit and warns on every machine with one
+    but no GPU (see :func:`fimvision.console.quiet_third_party`).
+    """
+    from fimvision.efficiency.benchmark import BenchmarkSettings, run_benchmark
+    from fimvision.efficiency.chai import ChaiSettings, run_chai
+    from fimvision.efficiency.deviation import DeviationSettings, run_deviation
+    from fimvision.efficiency.drift import DriftSettings, run_drift
+    from fimvision.efficiency.profile import ProfileSettings, run_profile
+
+    return {"deviation": (DeviationSettings, run_deviation), "benchmark": (BenchmarkSettings, run_benchmark),
+            "profile": (ProfileSettings, run_profile), "drift": (DriftSettings, run_drift),
+            "chai": (ChaiSettings, run_chai)}
+
 # The subcommands that use the dataset when it exists (the others measure on synthetic batches).
 USE_DATA = ("chai", "drift")
 
@@ -39,7 +49,7 @@ def build_parser():
 
     parser = ArgumentParser(prog="fimvision-efficiency", description=__doc__.splitlines()[0], exit_on_error=False)
     subcommands = parser.add_subcommands(dest="subcommand")
-    for name, (settings, _) in SUBCOMMANDS.items():
+    for name, (settings, _) in subcommand_table().items():
         sub = ArgumentParser(exit_on_error=False, description=settings.__doc__.splitlines()[0])
         sub.add_argument("--config", type=str, required=True,
                          help="a `fimvision fit` config (model and data sections are used)")
@@ -93,7 +103,7 @@ def run(args: list[str]) -> int:
 
     name = cfg.subcommand
     sub = cfg[name]
-    settings_type, run_subcommand = SUBCOMMANDS[name]
+    settings_type, run_subcommand = subcommand_table()[name]
     device = resolve_device(sub.device)
     settings = settings_type(**{f.name: sub[f.name] for f in fields(settings_type)})
     out = Path(sub.out)
