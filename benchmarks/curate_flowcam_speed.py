@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where the outputs go (default: a temporary folder)")
     args = parser.parse_args()
 
-    from fimvision.curation.flowcam import curate_flowcam, find_run, read_lst
+    from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam, find_run, read_lst
 
     workdir = Path(tempfile.mkdtemp(prefix="curate-bench-", dir=args.workdir))
     try:
@@ -52,7 +52,7 @@ def main() -> int:
         for k in range(args.repeats):
             out = workdir / f"out{k}"
             start, start_cpu = time.perf_counter(), time.process_time()
-            summary = curate_flowcam([run], out, masks=args.masks, progress=False)
+            summary = curate_flowcam([run], out, FlowCamOptions(masks=args.masks, progress=False))
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
             assert summary.written == particles

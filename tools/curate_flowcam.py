@@ -59,16 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="leave out particles that cannot be cropped (listed in skipped.csv) instead of stopping")
     args = parser.parse_args(argv)
 
-    from fimvision.curation.flowcam import curate_flowcam
+    from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam
 
-    summary = curate_flowcam(
-        args.runs, args.out, overwrite=args.overwrite, masks=args.masks, label_folders=args.label_folders,
-        label_csv=args.label_csv, classification=args.classification, drop_unclassified=args.drop_unclassified,
-        group=args.group, group_csv=args.group_csv, group_from=args.group_from, library_class=args.library_class,
-        instrument=args.instrument,
-        lst_fields=[f.strip() for f in args.lst_fields.split(",")] if args.lst_fields else None,
-        skip_bad=args.skip_bad, progress=not args.quiet,
+    options = FlowCamOptions(
+        overwrite=args.overwrite, masks=args.masks, progress=not args.quiet, label_csv=args.label_csv,
+        label_folders=args.label_folders, classification=args.classification,
+        drop_unclassified=args.drop_unclassified, library_class=args.library_class, group=args.group,
+        group_csv=args.group_csv, group_from=args.group_from, instrument=args.instrument,
+        lst_fields=tuple(f.strip() for f in args.lst_fields.split(",")) if args.lst_fields else None,
+        skip_bad=args.skip_bad,
     )
+    summary = curate_flowcam(args.runs, args.out, options)
     print(summary.format())
     return 0
 

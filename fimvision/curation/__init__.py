@@ -8,6 +8,7 @@ folder atomically (see :class:`fimvision.files.OutputFolder`) and reports bad in
 
 from fimvision.curation.collages import find_tiles, split_collages
 from fimvision.curation.flowcam import (
+    FlowCamOptions,
     curate_flowcam,
     find_run,
     read_cla,
@@ -22,7 +23,7 @@ from fimvision.curation.qc import FilterSettings, class_balance, filter_dataset,
 from fimvision.curation.splits import split_dataset
 from fimvision.errors import CurationError
 
-__all__ = ["CurationError", "FilterSettings", "class_balance", "curate_flowcam", "curate_mfi",
+__all__ = ["CurationError", "FilterSettings", "FlowCamOptions", "class_balance", "curate_flowcam", "curate_mfi",
            "filter_dataset", "find_run", "find_tiles", "merge_datasets", "phash", "read_cla", "read_ctx",
            "read_flowcam_csv", "read_lst", "read_mfi_csv", "split_collages", "split_dataset",
            "write_flowcam_library", "write_flowcam_run", "write_flowcam_runs"]

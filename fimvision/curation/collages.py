@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fimvision.curation.flowcam.formats import read_lst
 from fimvision.curation.output import Summary
 from fimvision.errors import CurationError
 from fimvision.files import OutputFolder
@@ -246,8 +247,6 @@ def _to_grey(crop: np.ndarray) -> np.ndarray:
 
 def lst_boxes(lst: str | Path, collage_name: str) -> list[tuple[int, int, int, int]]:
     """The (x, y, w, h) of every particle a ``.lst`` places in the collage ``collage_name``."""
-    from fimvision.curation.flowcam import read_lst
-
     frame = read_lst(lst).frame
     if "collage_file" not in frame.columns:
         raise CurationError("the .lst names no collage files", file=lst, hint="give a format 017 .lst")

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from fimvision.curation.output import Summary, safe_name, unique_columns
+from fimvision.curation.output import Summary, read_text, safe_name, unique_columns
 from fimvision.errors import CurationError
 from fimvision.files import OutputFolder
 from fimvision.imageio import IMAGE_SUFFIXES, read_image, write_png
@@ -99,12 +99,7 @@ def read_mfi_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CurationError("MFI particle CSV not found", file=path)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="replace")
-    lines = text.splitlines()
+    lines = read_text(path).splitlines()
     header = None
     for i, line in enumerate(lines[:100]):
         keys = {ALIASES.get(_key(cell)) for cell in line.split(",")}

@@ -1,4 +1,5 @@
-"""What curation writes into a dataset folder: manifests, skip lists, summaries and copied images.
+"""What curation writes into a dataset folder: manifests, skip lists, summaries and copied images; and
+the small helpers the export readers share (text decoding, column names).
 
 Every curation tool builds its dataset inside :class:`fimvision.files.OutputFolder`, so the output
 appears atomically, is never clobbered without ``overwrite`` and never overlaps an input.
@@ -147,6 +148,16 @@ def copy_images(frame: pd.DataFrame, source: Path, target: Path, *, columns: Seq
             new_paths.append(dest_rel)
         frame[column] = new_paths
     return frame
+
+
+def read_text(path: Path) -> str:
+    """The text of an instrument export: UTF-8 (with or without a BOM), else Windows-1252 (the
+    instruments' software runs on Windows)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
 
 
 def unique_columns(columns, normalise) -> list[str]:

@@ -39,10 +39,10 @@ def mono_collages() -> Path:
 @pytest.fixture(scope="session")
 def curated_vs4(vs4_runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both real runs curated once (shared by several tests; do not modify)."""
-    from fimvision.curation.flowcam import curate_flowcam
+    from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam
 
     out = tmp_path_factory.mktemp("vs4") / "dataset"
-    curate_flowcam(vs4_runs, out, group="protist-study", progress=False)
+    curate_flowcam(vs4_runs, out, FlowCamOptions(group="protist-study", progress=False))
     return out
 
 

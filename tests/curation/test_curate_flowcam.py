@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fimvision.curation.flowcam import curate_flowcam, find_run, read_cla, read_lst
+from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam, find_run, read_cla, read_lst
 from fimvision.errors import CurationError
 from fimvision.imageio import read_image
 
@@ -42,7 +42,7 @@ def test_every_particle_cropped_exactly(curated_vs4, vs4_runs):
 
 def test_masks_are_the_bin_tif_slices(small_run, tmp_path):
     run = find_run(small_run(1, 150))
-    curate_flowcam([run.folder], tmp_path / "out", masks=True, progress=False)
+    curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(masks=True, progress=False))
     manifest = _manifest(tmp_path / "out").set_index("particle_id")
     masks = np.asarray(Image.open(run.folder / f"{run.name}_000001_bin.tif"))
     for p in read_lst(run.lst).frame.itertuples():
@@ -95,7 +95,7 @@ def test_manifest_columns_and_values(curated_vs4, vs4_runs):
 def test_drop_unclassified_and_inputs_untouched(copy_run, tmp_path, snapshot):
     run = copy_run(0)
     before = snapshot(run)
-    summary = curate_flowcam([run], tmp_path / "out", drop_unclassified=True, progress=False)
+    summary = curate_flowcam([run], tmp_path / "out", FlowCamOptions(drop_unclassified=True, progress=False))
     assert snapshot(run) == before
     manifest = _manifest(tmp_path / "out")
     assert len(manifest) == 89 and manifest["label"].value_counts().to_dict() == {"Junk": 87, "protist": 2}
@@ -111,19 +111,19 @@ def test_existing_output_is_refused_and_left_alone(small_run, tmp_path, snapshot
     (out / "notes.txt").write_text("mine")
     before = snapshot(out)
     with pytest.raises(CurationError, match="exists and is not empty") as info:
-        curate_flowcam([run], out, progress=False)
+        curate_flowcam([run], out, FlowCamOptions(progress=False))
     assert "--overwrite" in str(info.value)
     assert snapshot(out) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary left behind
 
-    curate_flowcam([run], out, overwrite=True, progress=False)
+    curate_flowcam([run], out, FlowCamOptions(overwrite=True, progress=False))
     assert not (out / "notes.txt").exists() and len(_manifest(out)) == 40
 
 
 def test_output_inside_the_input_is_refused(small_run):
     run = small_run(0)
     with pytest.raises(CurationError, match="overlaps the input"):
-        curate_flowcam([run], run / "dataset", progress=False)
+        curate_flowcam([run], run / "dataset", FlowCamOptions(progress=False))
     assert not (run / "dataset").exists()
 
 
@@ -131,11 +131,11 @@ def test_missing_collage(copy_run, tmp_path, snapshot):
     run = find_run(copy_run(0))
     (run.folder / f"{run.name}_000002.tif").unlink()
     with pytest.raises(CurationError, match="collage '.*_000002.tif' named here is missing") as info:
-        curate_flowcam([run.folder], tmp_path / "out", progress=False)
+        curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(progress=False))
     assert info.value.file == run.lst and info.value.line == 68 + 784  # the first particle on that collage
     assert not (tmp_path / "out").exists()
 
-    summary = curate_flowcam([run.folder], tmp_path / "out", skip_bad=True, progress=False)
+    summary = curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(skip_bad=True, progress=False))
     assert summary.written == 784 and summary.skipped.reasons() == {"missing collage " + f"{run.name}_000002.tif": 216}
     assert len(_manifest(tmp_path / "out")) == 784
 
@@ -149,11 +149,11 @@ def test_row_outside_its_collage(copy_run, tmp_path):
     lines[71] = "|".join(values)
     run.lst.write_text("\n".join(lines) + "\n")
     with pytest.raises(CurationError, match="particle 5: crop x=1280..") as info:
-        curate_flowcam([run.folder], tmp_path / "out", progress=False)
+        curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(progress=False))
     assert info.value.line == 72 and "1292x964" in str(info.value)
     assert not (tmp_path / "out").exists()
 
-    summary = curate_flowcam([run.folder], tmp_path / "out", skip_bad=True, progress=False)
+    summary = curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(skip_bad=True, progress=False))
     assert summary.written == 999 and summary.skipped.reasons() == {"crop outside collage": 1}
     assert 5 not in set(_manifest(tmp_path / "out")["particle_id"])
 
@@ -163,7 +163,7 @@ def test_truncated_lst_stops_curation(copy_run, tmp_path):
     text = run.lst.read_text()
     run.lst.write_text(text[: len(text) - 200])
     with pytest.raises(CurationError, match="truncated .lst") as info:
-        curate_flowcam([run.folder], tmp_path / "out", progress=False)
+        curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(progress=False))
     assert info.value.line == 1067
     assert not (tmp_path / "out").exists()
 
@@ -177,7 +177,7 @@ def test_labels_from_class_folders(curated_vs4, vs4_runs, small_run, tmp_path):
         target = export / ("heat" if i % 3 else "mechanical") / f"{row.run}_{row.image_id}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(curated_vs4 / row.image, target)
-    curate_flowcam([run], tmp_path / "out", label_folders=export, progress=False)
+    curate_flowcam([run], tmp_path / "out", FlowCamOptions(label_folders=export, progress=False))
     labelled = _manifest(tmp_path / "out").set_index("particle_id")["label"]
     assert labelled.value_counts().to_dict() == {"": 30, "heat": 20, "mechanical": 10}
     assert labelled[rows["particle_id"].iloc[0]] == "mechanical" and labelled[rows["particle_id"].iloc[1]] == "heat"
@@ -185,7 +185,7 @@ def test_labels_from_class_folders(curated_vs4, vs4_runs, small_run, tmp_path):
     clash = export / "heat" / f"{rows['run'].iloc[0]}_{rows['image_id'].iloc[0]}.png"
     shutil.copyfile(curated_vs4 / rows["image"].iloc[0], clash)
     with pytest.raises(CurationError, match="is in class 'mechanical' and in class 'heat'|is in class 'heat' and in"):
-        curate_flowcam([run], tmp_path / "out2", label_folders=export, progress=False)
+        curate_flowcam([run], tmp_path / "out2", FlowCamOptions(label_folders=export, progress=False))
 
 
 def test_labels_and_groups_from_csv(small_run, tmp_path):
@@ -195,7 +195,7 @@ def test_labels_and_groups_from_csv(small_run, tmp_path):
     labels.write_text("run,particle_id,label\n" f"{names[0]},1,heat\n{names[0]},2,mechanical\n{names[1]},1,heat\n")
     groups = tmp_path / "groups.csv"
     groups.write_text(f"run,group,sample\n{names[0]},mAb1,vial-A\n{names[1]},mAb2,\n")
-    curate_flowcam(runs, tmp_path / "out", label_csv=labels, group_csv=groups, progress=False)
+    curate_flowcam(runs, tmp_path / "out", FlowCamOptions(label_csv=labels, group_csv=groups, progress=False))
     manifest = _manifest(tmp_path / "out")
     key = manifest.set_index(["run", "particle_id"])
     assert (key.loc[(names[0], 1), "label"], key.loc[(names[0], 2), "label"], key.loc[(names[1], 1), "label"]) == (
@@ -207,11 +207,11 @@ def test_labels_and_groups_from_csv(small_run, tmp_path):
     ambiguous = tmp_path / "ambiguous.csv"
     ambiguous.write_text("particle_id,label\n1,heat\n")
     with pytest.raises(CurationError, match="no 'run' column"):
-        curate_flowcam(runs, tmp_path / "out2", label_csv=ambiguous, progress=False)
+        curate_flowcam(runs, tmp_path / "out2", FlowCamOptions(label_csv=ambiguous, progress=False))
     partial = tmp_path / "partial.csv"
     partial.write_text(f"run,group\n{names[0]},mAb1\n")
     with pytest.raises(CurationError, match="no row for run") as info:
-        curate_flowcam(runs, tmp_path / "out3", group_csv=partial, progress=False)
+        curate_flowcam(runs, tmp_path / "out3", FlowCamOptions(group_csv=partial, progress=False))
     assert names[1] in str(info.value)
 
 
@@ -220,7 +220,7 @@ def test_monochrome_run_gives_one_channel_crops(small_run, tmp_path):
     for number in (1, 2):
         path = run.folder / f"{run.name}_{number:06d}.tif"
         Image.open(path).convert("L").save(path, compression="tiff_lzw")
-    curate_flowcam([run.folder], tmp_path / "out", progress=False)
+    curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(progress=False))
     manifest = _manifest(tmp_path / "out")
     crop = read_image(tmp_path / "out" / manifest["image"].iloc[0])
     assert crop.ndim == 2 and crop.shape == (manifest["image_h"].iloc[0], manifest["image_w"].iloc[0])
@@ -238,10 +238,10 @@ def test_volume_imaged_from_the_run_summaries(curated_vs4, vs4_runs):
 def test_volume_imaged_falls_back_to_the_summary_csv_and_is_empty_when_unknown(small_run, tmp_path):
     run = find_run(small_run(1, 5))
     (run.folder / f"{run.name}_run_summary.txt").unlink()
-    curate_flowcam([run.folder], tmp_path / "csv", progress=False)
+    curate_flowcam([run.folder], tmp_path / "csv", FlowCamOptions(progress=False))
     assert set(_manifest(tmp_path / "csv")["volume_imaged_ml"]) == {0.09713}  # "Sample Volume Imaged ml,0.09713"
     (run.folder / f"{run.name}_summary.csv").unlink()
-    curate_flowcam([run.folder], tmp_path / "none", progress=False)
+    curate_flowcam([run.folder], tmp_path / "none", FlowCamOptions(progress=False))
     assert set(_manifest(tmp_path / "none")["volume_imaged_ml"]) == {""}
 
 
@@ -250,13 +250,13 @@ def test_unreadable_volume_imaged_names_the_file_and_line(small_run, tmp_path):
     summary = run.folder / f"{run.name}_run_summary.txt"
     summary.write_text(summary.read_text().replace("Fluid Volume Imaged: 0.1418 ml", "Fluid Volume Imaged: n/a ml"))
     with pytest.raises(CurationError, match="fluid volume imaged .* is not a positive number of ml") as info:
-        curate_flowcam([run.folder], tmp_path / "out", progress=False)
+        curate_flowcam([run.folder], tmp_path / "out", FlowCamOptions(progress=False))
     assert info.value.file == summary and info.value.line == 9 and "delete the summary" in str(info.value)
     assert not (tmp_path / "out").exists()
 
 
 def test_convexity_derived_from_the_lst_equals_visualspreadsheets(vs4_runs):
-    from fimvision.curation.flowcam.curate import derive_features, read_run_table
+    from fimvision.curation.flowcam.runs import derive_features, read_run_table
 
     tables = [read_run_table(find_run(run_dir)) for run_dir in vs4_runs]  # with the .csv: VS's own Convexity
     for table in tables:

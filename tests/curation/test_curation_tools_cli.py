@@ -118,12 +118,41 @@ def test_group_from_run_as_a_subprocess(small_run, tmp_path):
 
 
 def test_group_from_is_exclusive_in_the_library_call_too(small_run, tmp_path):
-    from fimvision.curation.flowcam import curate_flowcam
+    from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam
     from fimvision.errors import CurationError
 
     run = small_run(0, 3)
     with pytest.raises(CurationError, match="give one of --group, --group-csv and --group-from"):
-        curate_flowcam([run], tmp_path / "o", group="g", group_from="run", progress=False)
+        curate_flowcam([run], tmp_path / "o", FlowCamOptions(group="g", group_from="run", progress=False))
     with pytest.raises(CurationError, match="unknown group source 'sample'"):
-        curate_flowcam([run], tmp_path / "o", group_from="sample", progress=False)
+        curate_flowcam([run], tmp_path / "o", FlowCamOptions(group_from="sample", progress=False))
     assert not (tmp_path / "o").exists()
+
+
+def test_curate_flowcam_flags_build_the_options_object(tool, monkeypatch, tmp_path):
+    """The tool's defaults are FlowCamOptions' defaults, and every flag reaches its field."""
+    import fimvision.curation.flowcam as flowcam
+    from fimvision.curation.flowcam import FlowCamOptions
+    from fimvision.curation.output import Summary
+
+    calls = []
+
+    def fake(runs, out, options):
+        calls.append((runs, out, options))
+        return Summary(tool="curate_flowcam", out=Path(out))
+
+    monkeypatch.setattr(flowcam, "curate_flowcam", fake)
+    main = tool("curate_flowcam")
+    main(["RUN", "--out", str(tmp_path / "o")])
+    assert calls[-1] == (["RUN"], str(tmp_path / "o"), FlowCamOptions())
+    main(["A", "B", "--out", "o", "--overwrite", "--quiet", "--masks", "--label-csv", "l.csv", "--classification", "c",
+          "--drop-unclassified", "--group-csv", "g.csv", "--instrument", "FC", "--lst-fields", "id, image_x,image_y",
+          "--library-class", "file", "--skip-bad"])
+    assert calls[-1][2] == FlowCamOptions(
+        overwrite=True, masks=True, progress=False, label_csv="l.csv", classification="c", drop_unclassified=True,
+        library_class="file", group_csv="g.csv", instrument="FC", lst_fields=("id", "image_x", "image_y"),
+        skip_bad=True)
+    main(["A", "--out", "o", "--label-folders", "dir", "--group-from", "run"])
+    assert calls[-1][2] == FlowCamOptions(label_folders="dir", group_from="run")
+    main(["A", "--out", "o", "--group", "mAb1"])
+    assert calls[-1][2] == FlowCamOptions(group="mAb1")

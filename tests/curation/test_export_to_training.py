@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fimvision.curation.flowcam import curate_flowcam
+from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam
 from fimvision.curation.flowcam_writer import write_flowcam_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ def test_flowcam_export_curate_and_fit(tmp_path, tool, capsys):
     runs = sorted(p for p in export.iterdir() if p.is_dir())
     assert len(runs) == 12  # 3 antibodies x 2 classes x 2 vials: one run a vial
 
-    summary = curate_flowcam(runs, tmp_path / "dataset", group_csv=export / "runs.csv", progress=False)
+    summary = curate_flowcam(runs, tmp_path / "dataset", FlowCamOptions(group_csv=export / "runs.csv", progress=False))
     assert summary.written == 96 and summary.classes == {"heat": 48, "mechanical": 48}
     manifest = pd.read_csv(tmp_path / "dataset" / "manifest.csv", keep_default_na=False)
     assert sorted(manifest["group"].unique()) == ["ab1", "ab2", "ab3"] and manifest["sample"].nunique() == 12
@@ -53,5 +53,5 @@ def test_make_synthetic_format_flowcam(tool, tmp_path, capsys):
     assert runs["run"].tolist() == ["ab1-heat-v1", "ab1-heat-v2", "ab1-mechanical-v1", "ab1-mechanical-v2"]
     assert set(runs["group"]) == {"ab1"}
     summary = curate_flowcam([tmp_path / "fc" / r for r in runs["run"]], tmp_path / "ds",
-                             group_csv=tmp_path / "fc" / "runs.csv", progress=False)
+                             FlowCamOptions(group_csv=tmp_path / "fc" / "runs.csv", progress=False))
     assert summary.classes == {"heat": 4, "mechanical": 4}

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fimvision.curation.flowcam import curate_flowcam, find_inputs, read_lst
+from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam, find_inputs, read_lst
 from fimvision.curation.flowcam_writer import write_flowcam_library
 from fimvision.errors import CurationError
 from fimvision.imageio import read_image
@@ -47,7 +47,7 @@ def test_writer_gives_an_flb_with_the_lst_layout_and_lib_images_collages(class_f
 
 
 def test_libraries_in_class_folders_give_exact_crops_labelled_by_folder(class_folders, by_label, tmp_path):
-    summary = curate_flowcam([class_folders], tmp_path / "ds", masks=True, progress=False)
+    summary = curate_flowcam([class_folders], tmp_path / "ds", FlowCamOptions(masks=True, progress=False))
     assert summary.written == sum(map(len, by_label.values())) and len(summary.skipped) == 0
     assert set(summary.details["libraries"]) == {"heat_lib", "mechanical_lib"}  # one file name: told apart
     manifest = _manifest(tmp_path / "ds").set_index(["run", "particle_id"])
@@ -65,13 +65,13 @@ def test_library_class_from_the_file_name(by_label, tmp_path):
     write_flowcam_library(tmp_path / "export1", by_label["heat"][:4], name="heat")
     write_flowcam_library(tmp_path / "export2", by_label["mechanical"][:3], name="mechanical")
     inputs = [tmp_path / "export1" / "heat.flb", tmp_path / "export2"]
-    curate_flowcam(inputs, tmp_path / "by_file", library_class="file", progress=False)
+    curate_flowcam(inputs, tmp_path / "by_file", FlowCamOptions(library_class="file", progress=False))
     assert _manifest(tmp_path / "by_file")["label"].value_counts().to_dict() == {"heat": 4, "mechanical": 3}
-    curate_flowcam(inputs, tmp_path / "by_folder", progress=False)
+    curate_flowcam(inputs, tmp_path / "by_folder", FlowCamOptions(progress=False))
     assert _manifest(tmp_path / "by_folder")["label"].value_counts().to_dict() == {"export1": 4, "export2": 3}
     assert [r.library_class for r in find_inputs(inputs, "file")] == ["heat", "mechanical"]
     with pytest.raises(CurationError, match="unknown library class source 'name'"):
-        curate_flowcam(inputs, tmp_path / "bad", library_class="name", progress=False)
+        curate_flowcam(inputs, tmp_path / "bad", FlowCamOptions(library_class="name", progress=False))
 
 
 def test_missing_library_collage_is_an_error_or_skipped(by_label, tmp_path, tool, capsys):
@@ -82,7 +82,7 @@ def test_missing_library_collage_is_an_error_or_skipped(by_label, tmp_path, tool
     (classes / "mechanical" / "mechanical_lib_images_000001.tif").unlink()
     with pytest.raises(CurationError, match="collage 'mechanical_lib_images_000001.tif' named here is missing "
                                             "from the library folder") as info:
-        curate_flowcam([classes], tmp_path / "out", progress=False)
+        curate_flowcam([classes], tmp_path / "out", FlowCamOptions(progress=False))
     assert info.value.file == flb and info.value.line == 2 + N_FIELDS + 1 and "--skip-bad" in str(info.value)
     assert not (tmp_path / "out").exists()
 
@@ -97,5 +97,5 @@ def test_missing_library_collage_is_an_error_or_skipped(by_label, tmp_path, tool
 def test_a_folder_without_runs_or_libraries_is_refused(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(CurationError, match="no .lst file in the run folder") as info:
-        curate_flowcam([tmp_path / "empty"], tmp_path / "out", progress=False)
+        curate_flowcam([tmp_path / "empty"], tmp_path / "out", FlowCamOptions(progress=False))
     assert ".flb" in str(info.value)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from fimvision.curation.flowcam import find_run, read_cla, read_ctx, read_flowcam_csv, read_lst
-from fimvision.curation.flowcam.curate import derive_features
 from fimvision.curation.flowcam.formats import LST_NAMES, normalise_header
+from fimvision.curation.flowcam.runs import derive_features
 from fimvision.errors import CurationError
 
 

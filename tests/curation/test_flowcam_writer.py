@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fimvision.curation.collages import find_tiles, lst_boxes
-from fimvision.curation.flowcam import curate_flowcam, find_run, read_cla, read_ctx, read_lst
+from fimvision.curation.flowcam import FlowCamOptions, curate_flowcam, find_run, read_cla, read_ctx, read_lst
 from fimvision.curation.flowcam_writer import write_flowcam_run, write_flowcam_runs
 from fimvision.errors import CurationError
 from fimvision.imageio import read_image
@@ -44,7 +44,8 @@ def test_same_layout_as_the_real_export(export, vs4_runs):
 
 def test_round_trip_gives_identical_crops_and_labels(export, synthetic_particles, tmp_path):
     runs = sorted(p for p in export.iterdir() if p.is_dir())
-    summary = curate_flowcam(runs, tmp_path / "ds", group_csv=export / "runs.csv", masks=True, progress=False)
+    summary = curate_flowcam(runs, tmp_path / "ds",
+                             FlowCamOptions(group_csv=export / "runs.csv", masks=True, progress=False))
     assert summary.written == len(synthetic_particles) and len(summary.skipped) == 0
     manifest = pd.read_csv(tmp_path / "ds" / "manifest.csv", keep_default_na=False).set_index(["run", "particle_id"])
     number: dict[str, int] = {}

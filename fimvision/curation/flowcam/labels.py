@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from fimvision.curation.flowcam.formats import GUID, read_cla
+from fimvision.curation.flowcam.formats import GUID
+from fimvision.curation.flowcam.metadata import read_cla
+from fimvision.curation.flowcam.runs import FlowCamRun
 from fimvision.errors import CurationError
 from fimvision.imageio import IMAGE_SUFFIXES
-
-if TYPE_CHECKING:
-    from fimvision.curation.flowcam.curate import FlowCamRun
 
 
 def labels_from_folders(root: str | Path) -> dict[str, str]:
