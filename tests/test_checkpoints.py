@@ -168,3 +168,18 @@ def test_the_weight_check_sees_nan_and_inf_and_not_large_finite_values():
     with torch.no_grad():
         net[0].bias[0] = -math.inf
     assert not weights_finite(net) and non_finite_tensors(net) == ["0.bias"]
+
+
+def test_the_guard_stops_at_a_non_finite_validation_loss_and_keeps_the_last_finite_checkpoint(tmp_path):
+    from fimvision.callbacks import RunGuard
+    from fimvision.errors import DivergenceError
+
+    ckpt = RunCheckpoint(dirpath=tmp_path, monitor="val_loss", mode="min", save_last=True, filename="best-{epoch}")
+    trainer = pl.Trainer(max_epochs=3, callbacks=[ckpt, RunGuard()], logger=False, limit_train_batches=2,
+                         limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    with pytest.raises(DivergenceError) as err:
+        trainer.fit(ScriptedValLoss([0.5, math.nan, 0.3]))
+    assert str(err.value).startswith("training diverged at epoch 1, global step 4: val_loss is nan (last finite "
+                                     "val_loss 0.5 at epoch 0; learning rate 0.01)."), str(err.value)  # epoch 1's, after a StepLR
+    assert saved_states(tmp_path) == {"best-epoch=0.ckpt": (0, True), "last.ckpt": (0, True)}
