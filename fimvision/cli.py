@@ -5,7 +5,10 @@ resolve). The model's number of classes, class names, input channels and image s
 module, so a modality or class list is set once, on the data.
 
 Every run writes into its own folder (the logger's ``version_N``, claimed atomically), and ``test``,
-``predict`` or a resumed ``fit`` on a run's checkpoint write into that run's folder. Exit status: 0
+``predict`` or a resumed ``fit`` on a run's checkpoint write into that run's folder. With ``--ckpt_path`` the
+checkpoint fixes the model: the command's evaluation options (``tta``, ``calibrate``, ...) and its data, trainer
+and output options apply; a different value for any other model option is refused, never silently replaced. When
+stdout is not a terminal, the progress bar becomes one line per epoch. Exit status: 0
 success, 2 bad input (one line on stderr), 130 interrupted, 1 internal error (traceback).
 """
 
@@ -242,6 +245,7 @@ class FimvisionCLI(LightningCLI):
 
     checkpoint: dict[str, Any] | None = None
     _resume_point: tuple[int, int] | None = None
+    _command_args: tuple[str, ...] | list[str] = ()
 
     def init_parser(self, **kwargs: Any):
         # Errors are raised, not printed with 50 lines of usage: `main` turns them into one line.
@@ -273,8 +277,8 @@ class FimvisionCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         # The command line as given: an option named on it counts as given even when it repeats a default.
-        self._command_args = [str(a) for a in (sys.argv[1:] if args is None else args)] \
-            if isinstance(args, list | tuple) or args is None else []
+        given = sys.argv[1:] if args is None else args
+        self._command_args = [str(a) for a in given] if isinstance(given, list | tuple) else []
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -317,7 +321,7 @@ class FimvisionCLI(LightningCLI):
         init = model.get("init_args")
         values = init.as_dict() if isinstance(init, Namespace) else dict(init or {})
         defaults = _class_defaults(cls) if cls is not None else {}
-        named = {m.group(1) for a in getattr(self, "_command_args", [])
+        named = {m.group(1) for a in self._command_args
                  for m in [re.match(r"--model\.(?:init_args\.)?(\w+)", a)] if m}
         given = {k: v for k, v in values.items()
                  if k in named or k not in defaults or _plain(v) != _plain(defaults[k])}
