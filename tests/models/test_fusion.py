@@ -3,6 +3,7 @@ CLI and real checkpoints; the features-only baseline command as a subprocess."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -98,8 +99,22 @@ def test_test_reports_calibration_and_tta_changes_nothing_but_the_metrics(synthe
 
 
 def test_baseline_command_scores_features_on_the_same_split(work):
-    args = ["--config", str(FUSED), "--data.init_args.root=data", "--data.init_args.image_size=32"]
-    result = subprocess.run([exe("fimvision-baseline"), *args, "--out", "hgb"], cwd=work, env=ENV,
+    config = CONFIGS / "supervised" / "fim_real.yaml"  # the recipe's config, as docs/real_data.md runs it
+    args = ["--config", str(config), "--data.init_args.root=data", "--data.init_args.image_size=32"]
+    out = f"hgb-{config.stem}"
+    result = subprocess.run([exe("fimvision-baseline"), *args, "--out", out], cwd=work, env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "test_acc=" in result.stdout and (work / "hgb" / "baseline_metrics.json").is_file()
+    scores = json.loads((work / out / "baseline_metrics.json").read_text())
+    assert f"test_f1_macro={scores['test_f1_macro']:.4f}" in result.stdout
+    # The same trees fitted here on the config's own split (train + val rows) score the same test rows.
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import f1_score
+
+    data = run_cli([*args[:2], f"--data.init_args.root={work / 'data'}", *args[3:]], run=False).datamodule
+    split, x, y = data.split_rows(), data.features(), np.asarray(data.manifest.targets())
+    fit = np.concatenate([np.flatnonzero(split == "train"), np.flatnonzero(split == "val")])  # its row order
+    trees = HistGradientBoostingClassifier(max_iter=300, early_stopping=True, random_state=0).fit(x[fit], y[fit])
+    expected = f1_score(y[split == "test"], trees.predict(x[split == "test"]), average="macro")
+    assert scores["test_f1_macro"] == pytest.approx(expected, abs=1e-9)
+    assert scores["n_test"] == (split == "test").sum() and scores["features"] == data.feature_names

@@ -98,7 +98,10 @@ def test_mono_pretraining_takes_one_channel(synthetic_root, tmp_path):
     cli = run_cli(["fit", *pretrain("simclr_resnet18"), "--data", SSL / "data" / "synthetic_mono.yaml",
                    *fast_args(synthetic_root, tmp_path), "--model.init_args.backbone=test_resnet",
                    "--trainer.fast_dev_run=true"])
-    assert cli.model.hparams.in_chans == 1
+    first_conv = next(m for m in cli.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 1  # the network itself, not only its hyper-parameter
+    views = next(iter(cli.datamodule.train_dataloader()))["image"]
+    assert len(views) == 2 and all(v.shape[1] == 1 for v in views)  # and the batches it trained on
 
 
 def test_pretraining_on_a_manifest_without_labels(synthetic_root, tmp_path):
