@@ -168,16 +168,6 @@ def _model_class(class_path: str) -> type | None:
         return None
 
 
-def _class_defaults(cls: type) -> dict[str, Any]:
-    """The default of each init argument of ``cls`` (through **kwargs to its bases too), as jsonargparse parses it."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(cls, "x", fail_untyped=False)
-    defaults = parser.get_defaults().get("x")
-    return defaults.as_dict() if isinstance(defaults, Namespace) else {}
-
-
 def _plain(value: Any) -> Any:
     """``value`` as plain data for comparing a given option with a checkpoint's (namespaces and tuples unwrapped)."""
     if isinstance(value, Namespace):
@@ -245,7 +235,7 @@ class FimvisionCLI(LightningCLI):
 
     checkpoint: dict[str, Any] | None = None
     _resume_point: tuple[int, int] | None = None
-    _command_args: tuple[str, ...] | list[str] = ()
+    _args: Any = None
 
     def init_parser(self, **kwargs: Any):
         # Errors are raised, not printed with 50 lines of usage: `main` turns them into one line.
@@ -276,9 +266,8 @@ class FimvisionCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def parse_arguments(self, parser, args) -> None:
-        # The command line as given: an option named on it counts as given even when it repeats a default.
-        given = sys.argv[1:] if args is None else args
-        self._command_args = [str(a) for a in given] if isinstance(given, list | tuple) else []
+        # Kept to tell the options the command gives from the defaults it leaves (see _given_model_args).
+        self._args = sys.argv[1:] if args is None else args
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -300,17 +289,27 @@ class FimvisionCLI(LightningCLI):
             if key in given:
                 self.config[subcommand][f"model.init_args.{key}"] = given[key]
 
+    def _given_model_args(self, subcommand: str, model: Namespace) -> dict[str, Any]:
+        """The model init arguments the command itself sets, in its config files or on its command line: the
+        arguments parsed again without defaults."""
+        try:
+            parse = self.parser.parse_object if isinstance(self._args, dict | Namespace) else self.parser.parse_args
+            given = parse(self._args, defaults=False).get(f"{subcommand}.model")
+        except (argparse.ArgumentError, SystemExit, TypeError):  # parsed once already; if not, judge every value
+            given = model
+        init = given.get("init_args") if isinstance(given, Namespace) else None
+        return init.as_dict() if isinstance(init, Namespace) else {}
+
     def _check_given_options(self, subcommand: str, path: str) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """The model options this command gives (set in its config files to a non-default value, or named on
-        its command line) and the model's evaluation-time option names. Raises a ConfigError naming each
-        given option that would change what the checkpoint holds: its class, or a non-evaluation argument."""
+        """The model options this command gives (in its config files or on its command line) and the model's
+        evaluation-time option names. Raises a ConfigError naming each given option that would change what the
+        checkpoint holds: its class, or any argument other than the evaluation-time ones."""
         model = self.config[subcommand].get("model")
         saved = self._checkpoint_hparams()
         if not isinstance(model, Namespace) or not saved:
             return {}, EVALUATION_OPTIONS
         class_path = str(model.get("class_path") or "")
-        cls = _model_class(class_path)
-        evaluation = tuple(getattr(cls, "evaluation_hparams", EVALUATION_OPTIONS))
+        evaluation = tuple(getattr(_model_class(class_path), "evaluation_hparams", EVALUATION_OPTIONS))
         run = run_folder_of(path)
         config = f"{run / 'config.yaml'}" if run is not None else "the config it was trained with"
         saved_class = saved.get("_class_path")
@@ -318,24 +317,20 @@ class FimvisionCLI(LightningCLI):
             raise ConfigError(
                 f"--model: checkpoint {path} holds a {saved_class.rsplit('.', 1)[-1]}, but this command gives a "
                 f"{class_path.rsplit('.', 1)[-1]}. Give {config} as --config, or another checkpoint.")
-        init = model.get("init_args")
-        values = init.as_dict() if isinstance(init, Namespace) else dict(init or {})
-        defaults = _class_defaults(cls) if cls is not None else {}
-        named = {m.group(1) for a in self._command_args
-                 for m in [re.match(r"--model\.(?:init_args\.)?(\w+)", a)] if m}
-        given = {k: v for k, v in values.items()
-                 if k in named or k not in defaults or _plain(v) != _plain(defaults[k])}
+        given = self._given_model_args(subcommand, model)
         fixed = set(evaluation) | set(MOOT_WITH_CHECKPOINT) | set(CHECKPOINT_CONTRACT)
         wrong = {k: v for k, v in given.items() if k not in fixed and k in saved and _plain(v) != _plain(saved[k])}
         if wrong:
             details = "; ".join(f"--model.init_args.{k}={_show(v)} given, the checkpoint has {_show(saved[k])}"
                                 for k, v in wrong.items())
-            options = [f"--model.init_args.{k}" for k in evaluation if k in defaults]
+            accepted = model.get("init_args") or Namespace()
+            options = [f"--model.init_args.{k}" for k in evaluation if k in accepted]
             raise ConfigError(
-                f"checkpoint {path} fixes the trained model, and this command changes it: {details}. Drop "
-                f"{'this option' if len(wrong) == 1 else 'these options'} (the checkpoint's values are used) or give "
-                f"{config} as --config. With a checkpoint only evaluation options apply: "
-                f"{', '.join(options) + ' and ' if options else ''}the data, trainer and output options.")
+                f"checkpoint {path} fixes the trained model, and this command changes it: {details}. Leave "
+                f"{'it' if len(wrong) == 1 else 'them'} out (of the command line and the config files: the "
+                f"checkpoint's values are used) or give {config} as --config. With a checkpoint only evaluation "
+                f"options apply: {', '.join(options) + ' and ' if options else ''}the data, trainer and output "
+                "options.")
         return given, evaluation
 
     def _checkpoint_hparams(self) -> dict:

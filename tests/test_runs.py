@@ -112,9 +112,9 @@ def test_killed_run_resumed_in_place_ends_like_an_uninterrupted_one(work):
 
 def test_predict_writes_into_the_run_and_never_over_earlier_results(fitted, work):
     ckpt = fitted / "checkpoints" / "last.ckpt"
-    cmd = [exe("fimvision"), "predict", "--config", SUPERVISED, "--data.init_args.root=data",
-           "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false",
-           f"--ckpt_path={ckpt}"]
+    cmd = [exe("fimvision"), "predict", "--config", SUPERVISED, "--model.init_args.backbone=test_resnet",
+           "--data.init_args.root=data", "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
+           "--trainer.enable_progress_bar=false", f"--ckpt_path={ckpt}"]
     first = run(cmd, work)
     assert first.returncode == 0, first.stderr[-2000:]
     assert len(pd.read_csv(fitted / "predictions.csv")) == 64 and (fitted / "samples.csv").is_file()
@@ -129,7 +129,8 @@ def test_predict_writes_into_the_run_and_never_over_earlier_results(fitted, work
 
 
 def test_predict_on_two_processes_gathers_every_particle_once(fitted, work, tmp_path):
-    result = run([exe("fimvision"), "predict", "--config", SUPERVISED, "--data.init_args.root=data",
+    result = run([exe("fimvision"), "predict", "--config", SUPERVISED, "--model.init_args.backbone=test_resnet",
+                  "--data.init_args.root=data",
                   "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
                   "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.strategy=ddp",
                   "--trainer.devices=2", f"--ckpt_path={fitted / 'checkpoints' / 'last.ckpt'}",
@@ -141,6 +142,8 @@ def test_predict_on_two_processes_gathers_every_particle_once(fitted, work, tmp_
 
 
 def eval_cmd(subcommand: str, ckpt, save_dir: str, *extra: str) -> list:
+    """`fimvision SUBCOMMAND` of the supervised config on a checkpoint of ``fit_cmd`` (whose test_resnet overrides
+    the config's resnet18)."""
     return [exe("fimvision"), subcommand, "--config", SUPERVISED, "--data.init_args.root=data",
             "--data.init_args.image_size=32", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false",
             f"--trainer.logger.init_args.save_dir={save_dir}", f"--ckpt_path={ckpt}", *extra]
@@ -153,17 +156,22 @@ def test_with_a_checkpoint_evaluation_options_apply_and_model_changes_are_refuse
     ckpt.write_bytes((fitted / "checkpoints" / "last.ckpt").read_bytes())
     (work / "options" / "deeper.yaml").write_text("init_args:\n  feature_hidden: 32\n")
     subcommands = ("test", "predict", "validate")
+    # The config file's backbone (resnet18, also the class default) and a model file's feature_hidden differ from
+    # the checkpoint's; the evaluation option beside them would be fine.
     refused = [eval_cmd(sub, ckpt, f"options/refused_{sub}", "--model", "options/deeper.yaml",
-                        "--model.init_args.backbone=resnet18", "--model.init_args.tta=true") for sub in subcommands]
-    applied = [eval_cmd(sub, ckpt, f"options/{sub}", "--model.init_args.tta=true", "--model.init_args.calibrate=false",
+                        "--model.init_args.tta=true") for sub in subcommands]
+    applied = [eval_cmd(sub, ckpt, f"options/{sub}", "--model.init_args.backbone=test_resnet",
+                        "--model.init_args.tta=true", "--model.init_args.calibrate=false",
                         "--data.init_args.batch_size=5", f"--prediction_writer.output_dir=options/{sub}_out")
                for sub in subcommands]
     results = run_all([*refused, *applied], work, at_once=2)
     for sub, result in zip(subcommands, results[:3], strict=True):
-        # The backbone named on the command line (though it is the default) and a value from a config file.
-        user_error(result, f"checkpoint {ckpt} fixes the trained model, and this command changes it: "
-                           "--model.init_args.feature_hidden=32 given, the checkpoint has 64; "
-                           "--model.init_args.backbone=resnet18 given, the checkpoint has test_resnet.")
+        user_error(result, f"checkpoint {ckpt} fixes the trained model, and this command changes it: ")
+        for part in ("--model.init_args.backbone=resnet18 given, the checkpoint has test_resnet",
+                     "--model.init_args.feature_hidden=32 given, the checkpoint has 64",
+                     "only evaluation options apply: --model.init_args.tta, --model.init_args.calibrate and"):
+            assert part in result.stderr, (sub, part, result.stderr[-1000:])
+        assert "tta" not in result.stderr.split("changes it: ")[1].split(". Leave")[0], sub
         assert "decoding images" not in result.stderr, sub  # refused before any work
         assert not (work / "options" / f"refused_{sub}").exists(), sub
     for sub, result in zip(subcommands, results[3:], strict=True):

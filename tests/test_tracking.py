@@ -50,8 +50,10 @@ def test_offline_run_holds_the_metrics_config_and_images(offline, synthetic_root
 
     # test and predict on the run's checkpoint: their own W&B runs, in the same folder.
     ckpt = f"{run_dir}/checkpoints/last.ckpt"
-    run_cli(["test", "--config", config, "--config", WANDB, *fast_args(synthetic_root, tmp_path), f"--ckpt_path={ckpt}"])
-    run_cli(["predict", "--config", config, "--config", WANDB, *fast_args(synthetic_root, tmp_path), f"--ckpt_path={ckpt}"])
+    same = ["--config", config, "--config", WANDB, *fast_args(synthetic_root, tmp_path),
+            "--model.init_args.backbone=test_resnet"]  # as trained: a checkpoint refuses another backbone
+    run_cli(["test", *same, f"--ckpt_path={ckpt}"])
+    run_cli(["predict", *same, f"--ckpt_path={ckpt}"])
     test_run, predict_run = (read_wandb_run(d) for d in wandb_runs(tmp_path)[1:])
     keys = {k for row in test_run["history"] for k in row}
     assert {"test_acc", "test_recall_heat", "test_confusion_matrix/_type", "test_recall_per_class_table/_type"} <= keys
