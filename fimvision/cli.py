@@ -57,10 +57,9 @@ __all__ = ["FimvisionCLI", "RunCheckpoint", "RunCSVLogger", "build_cli", "fit_an
 # Model arguments that come from the data module (links): after instantiation they must match the checkpoint's
 # (the error names the data setting that fits it).
 CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size", "feature_names", "num_features")
-# Model arguments that say how to evaluate, not what was trained. With --ckpt_path, every other model argument is
-# the checkpoint's: a command that sets one to another value is refused (see FimvisionCLI._check_given_options).
-# A model class may declare its own list as the ClassVar `evaluation_hparams`.
-EVALUATION_OPTIONS = ("tta", "calibrate", "knn_k", "knn_t")
+# Model arguments that say how to evaluate, not what was trained, are each model class's ClassVar
+# `evaluation_hparams`. With --ckpt_path, every other model argument is the checkpoint's: a command that sets one
+# to another value is refused (see FimvisionCLI._check_given_options).
 # Model arguments that only say where starting weights come from: a full checkpoint (--ckpt_path)
 # supersedes them, so they are not loaded again (no hub download, no need to keep the files).
 STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint": None}
@@ -307,9 +306,9 @@ class FimvisionCLI(LightningCLI):
         model = self.config[subcommand].get("model")
         saved = self._checkpoint_hparams()
         if not isinstance(model, Namespace) or not saved:
-            return {}, EVALUATION_OPTIONS
+            return {}, ()
         class_path = str(model.get("class_path") or "")
-        evaluation = tuple(getattr(_model_class(class_path), "evaluation_hparams", EVALUATION_OPTIONS))
+        evaluation = tuple(getattr(_model_class(class_path), "evaluation_hparams", ()))
         run = run_folder_of(path)
         config = f"{run / 'config.yaml'}" if run is not None else "the config it was trained with"
         saved_class = saved.get("_class_path")

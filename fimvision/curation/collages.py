@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.curation.flowcam.formats import read_lst
 from fimvision.curation.output import Summary
 from fimvision.errors import CurationError
@@ -282,7 +283,7 @@ def split_collages(collages: Sequence[str | Path], out: str | Path, *, min_size:
     rows = []
     inputs = [*paths, *([Path(check_lst)] if check_lst else [])]
     with OutputFolder(out, overwrite=overwrite, inputs=inputs) as tmp:
-        for path in tqdm(paths, desc="collages", unit="collage", disable=not progress or len(paths) < 2):
+        for path in tqdm(paths, desc="collages", unit="collage", disable=True if len(paths) < 2 else tqdm_disable(progress)):
             collage = read_image(path)
             found = find_tiles(collage, min_size=min_size, black_level=black_level, min_fill=min_fill)
             grey = mode == "grey" or (mode == "auto" and _grey(collage, found.tiles))

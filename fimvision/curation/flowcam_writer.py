@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.curation.flowcam.formats import LST_NAMES, normalise_header
 from fimvision.data.synthetic.measure import contours, convexity, edge_gradient, mean_rgb, rgb
 from fimvision.errors import CurationError
@@ -283,7 +284,7 @@ def _write_one(out_dir: str | Path, particles: Iterable[ParticleLike], name: str
     with OutputFolder(out, overwrite=overwrite) as tmp:
         writer = RunWriter(folder=tmp, name=run_name, cal_const=cal_const, library=library)
         what = "library" if library else "run"
-        for particle in tqdm(particles, desc=f"{what} {run_name}", unit="particle", disable=not progress):
+        for particle in tqdm(particles, desc=f"{what} {run_name}", unit="particle", disable=tqdm_disable(progress)):
             writer.add(particle)
         if not writer.rows:
             raise CurationError("no particle to write", file=out)
@@ -331,7 +332,7 @@ def write_flowcam_runs(out_dir: str | Path, particles: Iterable[ParticleLike], *
     groups: dict[str, str] = {}
     current = None
     with OutputFolder(out, overwrite=overwrite) as tmp:
-        for particle in tqdm(particles, desc="flowcam runs", unit="particle", disable=not progress, total=total):
+        for particle in tqdm(particles, desc="flowcam runs", unit="particle", disable=tqdm_disable(progress), total=total):
             group = str(getattr(particle, "group", "") or "")
             run = str(getattr(particle, per, "") or "run")
             if current is not None and run != current:

@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.curation.output import Summary, read_text, safe_name, unique_columns
 from fimvision.errors import CurationError
 from fimvision.files import OutputFolder
@@ -212,7 +213,7 @@ def curate_mfi(particles_csv: str | Path, frames: str | Path, out: str | Path, *
     sample_name = sample or csv_path.stem
     folder = safe_name(sample_name, "particle")
     with OutputFolder(out, overwrite=overwrite, inputs=[csv_path, Path(frames)]) as tmp:
-        bar = tqdm(total=len(table), desc="crop MFI particles", unit="particle", disable=not progress)
+        bar = tqdm(total=len(table), desc="crop MFI particles", unit="particle", disable=tqdm_disable(progress))
         for number, rows in table.groupby("frame", sort=True):
             path = frame_files.get(int(number))
             positions = table.index.get_indexer(rows.index)

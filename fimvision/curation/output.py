@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.data.manifest import class_counts, load_manifest
 
 MANIFEST = "manifest.csv"
@@ -131,7 +132,7 @@ def copy_images(frame: pd.DataFrame, source: Path, target: Path, *, columns: Seq
         if column not in frame.columns:
             continue
         new_paths = []
-        for rel in tqdm(frame[column], desc=f"copy {column}s", unit="file", disable=not progress, leave=False):
+        for rel in tqdm(frame[column], desc=f"copy {column}s", unit="file", disable=tqdm_disable(progress), leave=False):
             if not rel:
                 new_paths.append(rel)
                 continue

@@ -26,6 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.curation.mfi import TRUE
 from fimvision.curation.output import MANIFEST, Summary, copy_images, load_dataset
 from fimvision.data.manifest import class_counts
@@ -185,7 +186,7 @@ def filter_frame(frame: pd.DataFrame, root: Path, settings: FilterSettings, *,
         sharp = np.zeros(count)
         hashes = np.zeros(count, dtype=np.uint64)
         digests: list[str] = [""] * count
-        for i, rel in enumerate(tqdm(frame["image"], desc="inspect crops", unit="crop", disable=not progress)):
+        for i, rel in enumerate(tqdm(frame["image"], desc="inspect crops", unit="crop", disable=tqdm_disable(progress))):
             image = read_image(root / rel)
             shapes[i] = image.shape[:2]
             if settings.min_sharpness is not None:

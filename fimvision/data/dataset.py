@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.data.manifest import Manifest, _report
 from fimvision.data.transforms import border_background, to_canvas
 from fimvision.imageio import LUMINANCE_WEIGHTS, read_image, to_uint8
@@ -70,7 +71,7 @@ def decode_images(manifest: Manifest, rows: Sequence[int], *, image_size: int, k
     grey: list[str] = []
     paths = manifest.frame["image"].to_numpy()
     lines = manifest.frame["line"].to_numpy()
-    for out, row in enumerate(tqdm(rows, desc="decoding images", unit="img", disable=not progress,
+    for out, row in enumerate(tqdm(rows, desc="decoding images", unit="img", disable=tqdm_disable(progress),
                                    mininterval=1.0, leave=False)):
         try:
             image = as_hwc_uint8(read_image(manifest.root / paths[row]))

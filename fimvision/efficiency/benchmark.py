@@ -28,10 +28,10 @@ from typing import Literal
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.efficiency.attention import AttentionBackendError, attention_modules, check_backend
 from fimvision.efficiency.precision import get_precision, prepare_model
 from fimvision.efficiency.steps import TrainStep, make_forward, require_automatic_optimization, synchronize
@@ -45,6 +45,8 @@ def time_calls(fn: Callable, device, *, warmup: int = 2, repeats: int = 5, iters
         fn()
     synchronize(device)
     if torch.device(device).type != "cuda":
+        from torch.utils.benchmark import Timer  # here: importing it probes for a CUDA toolkit and says so
+
         timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
         return [timer.timeit(iters).mean for _ in range(repeats)]
     times = []
@@ -142,7 +144,7 @@ def benchmark(target: EfficiencyTarget, *, modes=("inference",), backends=("math
     flops = {(m, bs): count_flops(target, m, bs, device) for m in modes for bs in batch_sizes} if mfu else {}
     configs = list(itertools.product(modes, backends, precisions, compiles, batch_sizes))
     rows = []
-    for mode, backend, precision, comp, bs in tqdm(configs, desc="benchmark", disable=not progress):
+    for mode, backend, precision, comp, bs in tqdm(configs, desc="benchmark", disable=tqdm_disable(progress)):
         row = run_config(target, mode=mode, backend=backend, precision=precision, compile=comp, batch_size=bs,
                          device=device, channels_last=channels_last, warmup=warmup, repeats=repeats, iters=iters)
         if mfu and not row["error"]:

@@ -108,6 +108,8 @@ class FimvisionTask(pl.LightningModule):
     uses_features: ClassVar[bool] = False
     #: Base arguments a family does not use (left out of the saved hyper-parameters).
     ignored_hparams: ClassVar[tuple[str, ...]] = ()
+    #: Arguments that say how to evaluate, not what was trained: a command with --ckpt_path may change them.
+    evaluation_hparams: ClassVar[tuple[str, ...]] = ("tta", "calibrate")
 
     def __init__(
         self,

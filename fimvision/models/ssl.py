@@ -75,6 +75,7 @@ class SSLModule(FimvisionTask):
     """
 
     train_on = "views"
+    evaluation_hparams = ("tta", "calibrate", "knn_k", "knn_t")
 
     def __init__(self, optimizer: OptimizerName = "lars", lr: float = 0.3, weight_decay: float = 1e-6,
                  ema_base: float = 0.99, ema_end: float = 1.0, knn_k: int = 20, knn_t: float = 0.07,

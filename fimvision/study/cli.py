@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from fimvision.console import EXIT_INTERNAL, make_parser, quiet_third_party, run_main
+from fimvision.console import EXIT_INTERNAL, make_parser, quiet_third_party, run_main, tqdm_disable
 from fimvision.errors import ConfigError
 from fimvision.files import write_atomically
 from fimvision.study.compare import Design
@@ -122,7 +122,7 @@ def _watch(runner: StudyRunner, workers: list, only: list[str] | None) -> None:
         failed = runner.folder(runner.runs[run_id]) / FAILED
         return runner.result(run_id) is not None or (failed.is_file() and failed.stat().st_mtime >= start)
 
-    with tqdm(total=len(wanted), desc=f"study {runner.study.name}", unit="run") as bar:
+    with tqdm(total=len(wanted), desc=f"study {runner.study.name}", unit="run", disable=tqdm_disable()) as bar:
         while any(w.is_alive() for w in workers):
             settled_runs = sum(settled(i) for i in wanted)
             bar.update(settled_runs - bar.n)

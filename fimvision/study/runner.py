@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from fimvision.console import tqdm_disable
 from fimvision.errors import ConfigError, FimvisionError
 from fimvision.files import write_atomically
 from fimvision.study.checkpoint import checkpoint_metrics
@@ -287,7 +288,7 @@ class StudyRunner:
         wanted = self.select(only) if only else list(self.runs)
         status: dict[str, Outcome] = {}
         started = time.time()
-        bar = tqdm(total=len(wanted), desc=f"study {self.study.name}", unit="run", disable=not progress)
+        bar = tqdm(total=len(wanted), desc=f"study {self.study.name}", unit="run", disable=tqdm_disable(progress))
         while True:
             pending = [i for i in wanted if i not in status and self.result(i) is None]
             for run_id in [i for i in wanted if i not in status and self.result(i) is not None]:

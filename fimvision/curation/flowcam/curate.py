@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fimvision.console import tqdm_disable
 from fimvision.curation.flowcam.formats import GEOMETRY
 from fimvision.curation.flowcam.labels import (
     groups_from_csv,
@@ -194,7 +195,7 @@ def _write_run(run: FlowCamRun, table: pd.DataFrame, tmp: Path, options: FlowCam
     image_paths = [""] * len(table)
     mask_paths = [""] * len(table)
     channels = set()
-    bar = tqdm(total=len(table), desc=f"crop {run.name[:40]}", unit="particle", disable=not options.progress,
+    bar = tqdm(total=len(table), desc=f"crop {run.name[:40]}", unit="particle", disable=tqdm_disable(options.progress),
                leave=False)
     for collage_name, rows in table.groupby("collage_file", sort=False):
         positions = table.index.get_indexer(rows.index)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 
+from fimvision.console import tqdm_disable
 from fimvision.data.synthetic.config import (
     COLOUR_CUE_RGB,
     INSTRUMENT,
@@ -157,7 +158,7 @@ def write_dataset(
                 total=particle_count(config),
                 desc="synthetic particles",
                 unit="particle",
-                disable=not progress,
+                disable=tqdm_disable(progress),
             ) as bar,
         ):
             writer = csv.writer(fh, lineterminator="\n")
