@@ -42,6 +42,31 @@ def run_main(args: list[str]) -> int:
     return main([str(a) for a in args])
 
 
+def study_main(args: list, capsys) -> tuple[int, str, str]:
+    """`fimvision-study ARGS` in this process (the runs are in-process there too): its exit status, stdout and
+    stderr. The installed command's own exit statuses are checked as subprocesses in test_entry_points.py."""
+    import logging
+
+    from fimvision.study.cli import main
+
+    capsys.readouterr()
+    level = logging.getLogger("fimvision").level
+    try:
+        code = main([str(a) for a in args])
+    finally:
+        logging.getLogger("fimvision").setLevel(level)  # main sets INFO for the process
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code: int, err: str, message: str) -> None:
+    """In-process twin of ``user_error``: exit status 2 and one `error:` line that says ``message``."""
+    assert code == 2, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, err[-2000:]
+    assert "Traceback" not in err and "usage:" not in err, err[-2000:]
+
+
 def rewrite_manifest(root: Path, change) -> pd.DataFrame:
     """Rewrite ``root/manifest.csv`` as ``change(frame)`` (text as read, empty cells kept); returns the new frame."""
     frame = change(pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False))
@@ -229,3 +254,40 @@ def write_digits(path: Path, per_class: int = 12, classes: int = 10, side: int =
     x = rng.uniform(0, 0.2, (len(labels), side, side))
     x[np.arange(len(labels)), labels, :] = 1.0
     return write_mat_domains(path, (x, labels), (0.8 * x, labels))
+
+
+# ------------------------------------------------------------ tiny studies (tests/study)
+# Every run of the tiny studies: a tiny CNN on the tiny dataset, a few steps.
+STUDY_TINY = ["--model.init_args.backbone=test_resnet", "--data.init_args.image_size=32",
+              "--data.init_args.batch_size=8", "--data.init_args.num_workers=0", "--trainer.max_epochs=1",
+              "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2"]
+
+
+def write_study(path: Path, root: Path, *, seeds=(0, 1), pretrain: bool = False, extra: list[str] | None = None) -> Path:
+    """A tiny study: (an SSL pretraining per modality and) a CNN (and its SSL-pretrained twin) x modality x seed."""
+    import yaml
+
+    main = {"args": ["--config", str(CONFIGS / "supervised" / "resnet18_color.yaml"), f"--data.init_args.root={root}",
+                     *STUDY_TINY, *(extra or [])],
+            "axes": {"modality": {"values": ["color", "mono"], "args": ["--data.init_args.modality={}"]},
+                     "seed": {"values": list(seeds), "args": ["--seed_everything={}", "--data.init_args.seed={}"]}}}
+    stages = {"main": main}
+    if pretrain:
+        stages = {"pretrain": {"args": ["--config", str(CONFIGS / "ssl" / "pretrain.yaml"), "--model",
+                                        str(CONFIGS / "ssl" / "models" / "simclr_resnet18.yaml"),
+                                        f"--data.init_args.root={root}", *STUDY_TINY,
+                                        "--trainer.check_val_every_n_epoch=1"],
+                               "test": False,
+                               "axes": {"modality": main["axes"]["modality"]}}, "main": main}
+        main["needs"] = {"ssl": "pretrain"}
+        main["axes"] = {"model": {"named": {"cnn": [], "ssl_cnn": ["--model.init_args.backbone_checkpoint={ssl}"]}},
+                        **main["axes"]}
+    path.write_text(yaml.safe_dump({"name": "tiny", "stages": stages}, sort_keys=False))
+    return path
+
+
+def executed(output: str) -> list[str]:
+    """The runs a `fimvision-study` process ran (one line each: '<run id>: test_acc ...')."""
+    import re
+
+    return re.findall(r"((?:main|pretrain)__[^\s:]+): (?:test_acc|val_knn_acc)", output)  # amid progress bars

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from fimtest import CONFIGS, run, study_cmd, user_error
+from fimtest import CONFIGS, assert_user_error, run, study_cmd, study_main
 
 from fimvision.study.checkpoint import checkpoint_metrics
 from fimvision.study.config import load_study
@@ -80,7 +80,7 @@ def test_run_all_reports_each_run_as_a_state(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ dry run
-def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch, capsys):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump({"name": "dry", "synthetic": {"gen/data": {"antibodies": 2, "per_class": 5}},
                                      "stages": {"main": {
@@ -88,14 +88,15 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
                                                   "--data.init_args.root=gen/data"],
                                          "axes": {"seed": {"values": [0, 1], "args": ["--seed_everything={}"]}}}}}))
     before = sorted(tmp_path.rglob("*"))
-    result = run(study_cmd("run", "--config", study, "--out", tmp_path / "out", "--dry-run"), tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "2 runs, 0 done, 2 to run" in result.stdout and "todo  main__seed=1: --config" in result.stdout
-    assert "would generate the SYNTHETIC dataset gen/data" in result.stdout and "nothing was written" in result.stdout
+    monkeypatch.chdir(tmp_path)  # the command in this process, run from there
+    code, stdout, stderr = study_main(["run", "--config", study, "--out", tmp_path / "out", "--dry-run"], capsys)
+    assert code == 0, stderr
+    assert "2 runs, 0 done, 2 to run" in stdout and "todo  main__seed=1: --config" in stdout
+    assert "would generate the SYNTHETIC dataset gen/data" in stdout and "nothing was written" in stdout
     assert sorted(tmp_path.rglob("*")) == before  # no dataset, no study folder, no copy of the study file
     study.write_text(study.read_text().replace("--seed_everything={}", "--seed_everythin={}"))
-    user_error(run(study_cmd("run", "--config", study, "--out", tmp_path / "out", "--dry-run"), tmp_path),
-               "seed_everythin")  # still checks every run's settings
+    code, _, stderr = study_main(["run", "--config", study, "--out", tmp_path / "out", "--dry-run"], capsys)
+    assert_user_error(code, stderr, "seed_everythin")  # still checks every run's settings
     assert sorted(tmp_path.rglob("*")) == before
 
 
@@ -105,7 +106,8 @@ TINY = ["--model.init_args.backbone=test_resnet", "--data.init_args.image_size=3
         "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2"]
 
 
-def test_a_sweep_file_names_paths_relative_to_the_checkout_and_runs_from_a_moved_one(synthetic_root, tmp_path):
+def test_a_sweep_file_names_paths_relative_to_the_checkout_and_runs_from_a_moved_one(synthetic_root, tmp_path,
+                                                                                      monkeypatch, capsys):
     repo = tmp_path / "repo"
     (repo / "studies").mkdir(parents=True)
     (repo / "pyproject.toml").write_text("[project]\nname = 'x'\n")
@@ -113,8 +115,10 @@ def test_a_sweep_file_names_paths_relative_to_the_checkout_and_runs_from_a_moved
     (repo / "studies" / "s.yaml").write_text(yaml.safe_dump({"name": "sw", "stages": {"main": {
         "args": ["--config", str(CONFIGS / "supervised" / "resnet18_color.yaml"), "--data.init_args.root=data", *TINY],
         "axes": {"seed": {"values": [0], "args": ["--seed_everything={}"]}}}}}))
-    result = run(study_cmd("sweep", "--config", repo / "studies" / "s.yaml", "--out", "runs/sw"), repo)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(repo)  # `fimvision-study sweep` in this process, run from the checkout
+    code, _, stderr = study_main(["sweep", "--config", repo / "studies" / "s.yaml", "--out", "runs/sw"], capsys)
+    assert code == 0, stderr
+    monkeypatch.chdir(tmp_path)
     text = (repo / "runs" / "sw" / "sweep.yaml").read_text()
     command = yaml.safe_load(text)["command"]
     assert command == ["${env}", "fimvision-study", "run-one", "--config", "studies/s.yaml", "--out", "runs/sw", "${args}"]
