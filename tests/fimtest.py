@@ -67,6 +67,15 @@ def assert_user_error(code: int, err: str, message: str) -> None:
     assert "Traceback" not in err and "usage:" not in err, err[-2000:]
 
 
+def run_in_process(cmd: list, capsys) -> subprocess.CompletedProcess:
+    """``cmd``, a `fimvision ...` command line as ``run`` takes it, through the same ``main`` in this process (from
+    the current folder): its exit status, stdout and stderr, shaped as ``run``'s result."""
+    capsys.readouterr()
+    code = run_main([str(c) for c in cmd[1:]])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([str(c) for c in cmd], code, out, err)
+
+
 def rewrite_manifest(root: Path, change) -> pd.DataFrame:
     """Rewrite ``root/manifest.csv`` as ``change(frame)`` (text as read, empty cells kept); returns the new frame."""
     frame = change(pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False))

@@ -1,6 +1,7 @@
 """The installed console scripts and tools/ scripts as a user, a CI job or a sweep agent runs them: as
 subprocesses, judged by their exit status (0 success, 2 bad input, 130 interrupted, 1 internal error) and
-the key line of their message. (Runs themselves, as subprocesses too: test_runs.py.)"""
+the key line of their message (most bad-settings cases through the same `main`, in this process). (Runs
+themselves, as subprocesses too: test_runs.py.)"""
 
 from __future__ import annotations
 
@@ -8,14 +9,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from fimtest import CONFIGS, ENV, REPO, SHARED_DATA, exe, fit_cmd, run, run_all, user_error
+from fimtest import (
+    CONFIGS,
+    ENV,
+    REPO,
+    SHARED_DATA,
+    assert_user_error,
+    exe,
+    fit_cmd,
+    run,
+    run_all,
+    run_main,
+    user_error,
+)
 
 TOOLS = sorted((REPO / "tools").glob("*.py"))
 SUPERVISED = CONFIGS / "supervised" / "resnet18_color.yaml"
+pytestmark = pytest.mark.slow  # every test starts console scripts as processes: their imports each time
 
 
-def test_bad_settings_data_and_checkpoints_exit_2_with_one_line(fitted, work):
+def test_bad_settings_data_and_checkpoints_exit_2_with_one_line(fitted, work, monkeypatch, capsys, caplog):
     bad = work / "bad"
     bad.mkdir(exist_ok=True)
     (bad / "empty.ckpt").write_bytes(b"")
@@ -39,15 +54,26 @@ def test_bad_settings_data_and_checkpoints_exit_2_with_one_line(fitted, work):
         "colour checkpoint, mono data": ([*mono, f"--ckpt_path={fitted / 'checkpoints' / 'last.ckpt'}"],
                                          "Settings that fit it: --data.init_args.modality=color"),
     }
-    cmds = [fit_cmd(*args, save_dir="bad_runs") for args, _ in cases.values()]
-    for cmd, name in zip(cmds, cases, strict=True):
+    cmds = {name: fit_cmd(*args, save_dir="bad_runs") for name, (args, _) in cases.items()}
+    for name, cmd in cmds.items():
         if "checkpoint" in name:
             cmd[1] = "test"
-    results = run_all(cmds, work)
-    for (name, (_, message)), result in zip(cases.items(), results, strict=True):
-        user_error(result, message)
+    # The installed command as a process for one settings error and one checkpoint error; the same `main` in this
+    # process for the other cases (each its own message; the exit status and the one line are main's).
+    as_processes = ["unknown key", "truncated checkpoint"]
+    for name, result in zip(as_processes, run_all([cmds[n] for n in as_processes], work), strict=True):
+        user_error(result, cases[name][1])
         if "checkpoint" in name:  # refused before any image was decoded
             assert "cached" not in result.stderr and "decoding images" not in result.stderr, name
+    monkeypatch.chdir(work)
+    for name in [n for n in cases if n not in as_processes]:
+        capsys.readouterr()
+        caplog.clear()
+        code = run_main(cmds[name][1:])
+        err = capsys.readouterr().err
+        assert_user_error(code, err, cases[name][1])
+        if "checkpoint" in name:  # refused before any image was decoded
+            assert "cached" not in caplog.text + err and "decoding images" not in err, name
 
 
 def test_internal_errors_exit_1_with_a_traceback(work):

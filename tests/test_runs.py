@@ -10,11 +10,13 @@ import subprocess
 import time
 
 import pandas as pd
+import pytest
 import torch
 import yaml
-from fimtest import CONFIGS, ENV, exe, fit_cmd, run, run_all, user_error
+from fimtest import CONFIGS, ENV, exe, fit_cmd, run, run_all, run_in_process, user_error
 
 SUPERVISED = CONFIGS / "supervised" / "resnet18_color.yaml"
+pytestmark = pytest.mark.slow  # every test starts `fimvision` processes: their imports, then a tiny run each
 
 
 def test_fit_exits_0_into_its_own_folder_and_its_config_reproduces_it(fitted, work):
@@ -149,7 +151,7 @@ def eval_cmd(subcommand: str, ckpt, save_dir: str, *extra: str) -> list:
             f"--trainer.logger.init_args.save_dir={save_dir}", f"--ckpt_path={ckpt}", *extra]
 
 
-def test_with_a_checkpoint_evaluation_options_apply_and_model_changes_are_refused(fitted, work):
+def test_with_a_checkpoint_evaluation_options_apply_and_model_changes_are_refused(fitted, work, monkeypatch, capsys):
     # A copy outside the run folder: these commands write a run folder of their own, not into the fixture's.
     ckpt = work / "options" / "trained.ckpt"
     ckpt.parent.mkdir(exist_ok=True)
@@ -164,7 +166,11 @@ def test_with_a_checkpoint_evaluation_options_apply_and_model_changes_are_refuse
                         "--model.init_args.tta=true", "--model.init_args.calibrate=false",
                         "--data.init_args.batch_size=5", f"--prediction_writer.output_dir=options/{sub}_out")
                for sub in subcommands]
-    results = run_all([*refused, *applied], work, at_once=2)
+    # One refused and one applied command as processes; the others through the same `main`, in this process.
+    test_refused, predict_applied = run_all([refused[0], applied[1]], work, at_once=2)
+    monkeypatch.chdir(work)
+    results = [test_refused, *[run_in_process(c, capsys) for c in refused[1:]],
+               run_in_process(applied[0], capsys), predict_applied, run_in_process(applied[2], capsys)]
     for sub, result in zip(subcommands, results[:3], strict=True):
         user_error(result, f"checkpoint {ckpt} fixes the trained model, and this command changes it: ")
         for part in ("--model.init_args.backbone=resnet18 given, the checkpoint has test_resnet",

@@ -1,18 +1,17 @@
 """Image + features (late fusion), features only, test-time augmentation and calibration, through the real
-CLI and real checkpoints; the features-only baseline command as a subprocess."""
+CLI and real checkpoints; the features-only baseline command."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fimtest import CONFIGS, ENV, exe, fast_args, run_cli, run_main
+from fimtest import CONFIGS, fast_args, run_cli, run_main
 
 from fimvision.calibration import dihedral_views
 from fimvision.models.classifier import ParticleClassifier
@@ -98,15 +97,19 @@ def test_test_reports_calibration_and_tta_changes_nothing_but_the_metrics(synthe
     assert np.allclose(predictions.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_baseline_command_scores_features_on_the_same_split(work):
+def test_baseline_command_scores_features_on_the_same_split(work, monkeypatch, capsys):
+    from fimvision.baselines import main
+
     config = CONFIGS / "supervised" / "fim_real.yaml"  # the recipe's config, as docs/real_data.md runs it
     args = ["--config", str(config), "--data.init_args.root=data", "--data.init_args.image_size=32"]
     out = f"hgb-{config.stem}"
-    result = subprocess.run([exe("fimvision-baseline"), *args, "--out", out], cwd=work, env=ENV,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    monkeypatch.chdir(work)  # `fimvision-baseline` in this process (its exit codes as a subprocess: test_entry_points)
+    capsys.readouterr()
+    code = main([*args, "--out", out])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-2000:]
     scores = json.loads((work / out / "baseline_metrics.json").read_text())
-    assert f"test_f1_macro={scores['test_f1_macro']:.4f}" in result.stdout
+    assert f"test_f1_macro={scores['test_f1_macro']:.4f}" in stdout
     # The same trees fitted here on the config's own split (train + val rows) score the same test rows.
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import f1_score
