@@ -94,6 +94,7 @@ def tiny(root, out, family: str) -> dict:
     return args
 
 
+@pytest.mark.slow  # each run a `fimvision` process started by the agent: its imports, then a few steps
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_a_wandb_agent_runs_each_sweep_file(path, agent_env, synthetic_root, tmp_path, monkeypatch):
     sweep = yaml.safe_load(path.read_text())
@@ -115,6 +116,7 @@ def test_a_wandb_agent_runs_each_sweep_file(path, agent_env, synthetic_root, tmp
         assert logged["config"][name] == pytest.approx(value) if isinstance(value, float) else logged["config"][name] == value
 
 
+@pytest.mark.slow  # a `fimvision` process
 def test_an_impossible_value_fails_the_run_with_exit_2(agent_env, synthetic_root, tmp_path, capfd):
     sweep = yaml.safe_load((CONFIGS / "sweeps" / "supervised.yaml").read_text())
     args = {**tiny(synthetic_root, tmp_path / "runs", "supervised"), "model.init_args.backbone": "resnet181"}
@@ -122,6 +124,7 @@ def test_an_impossible_value_fails_the_run_with_exit_2(agent_env, synthetic_root
     assert "error: unknown timm model 'resnet181'" in capfd.readouterr().err
 
 
+@pytest.mark.slow  # two `fimvision` processes
 def test_two_agents_on_one_machine_share_nothing(agent_env, synthetic_root, tmp_path):
     sweep = yaml.safe_load((CONFIGS / "sweeps" / "supervised.yaml").read_text())
     args = {**tiny(synthetic_root, tmp_path / "runs", "supervised"), "model.init_args.backbone": "test_resnet"}

@@ -81,6 +81,7 @@ def test_collect_rebuilds_results_from_run_folders_and_from_a_sweeps_summaries(s
 
 
 # ------------------------------------------------------------------------------------------------ W&B sweeps
+@pytest.mark.slow  # the agent starts `fimvision-study run-one` processes
 def test_the_sweep_file_runs_under_a_wandb_agent(agent_env, synthetic_root, tmp_path, capsys):
     study = write_study(tmp_path / "study.yaml", synthetic_root, seeds=(0,), pretrain=True)
     out = tmp_path / "shared"

@@ -106,6 +106,7 @@ TINY = ["--model.init_args.backbone=test_resnet", "--data.init_args.image_size=3
         "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=2"]
 
 
+@pytest.mark.slow  # `fimvision-study run-one` as a process, as an agent starts it
 def test_a_sweep_file_names_paths_relative_to_the_checkout_and_runs_from_a_moved_one(synthetic_root, tmp_path,
                                                                                       monkeypatch, capsys):
     repo = tmp_path / "repo"

@@ -18,6 +18,8 @@ from fimtest import ENV, executed, study_cmd, study_main, write_study
 from fimvision.study.config import load_study
 from fimvision.study.runner import StudyRunner
 
+# Each test starts `fimvision-study` processes (their imports, then several tiny runs each).
+pytestmark = pytest.mark.slow
 
 # ------------------------------------------------------------------------------------------------ running
 def test_a_study_runs_resumes_after_a_kill_and_reports(synthetic_root, tmp_path, monkeypatch, capsys):
