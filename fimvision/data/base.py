@@ -16,7 +16,7 @@ holds with ``num_workers > 0`` too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -24,12 +24,16 @@ import torch
 
 from fimvision.errors import ConfigError
 
+# What a model trains on: labelled particles, multi-view batches (self-supervised), or, in domain
+# adaptation, the source domain, the few-shot target set or the unlabelled target part.
+TrainOn = Literal["labelled", "views", "source", "fewshot", "target"]
+
 
 class FimvisionDataModule(pl.LightningDataModule):
     """Base of fimvision's data modules: the data-model contract and resumable training loaders."""
 
     #: What the training loader can serve (a model's ``train_on`` must be one of them).
-    serves: tuple[str, ...] = ("labelled",)
+    serves: tuple[TrainOn, ...] = ("labelled",)
     #: Numeric features served beside the image (``features`` in each item); none by default.
     feature_names: list[str] = []
 
@@ -37,7 +41,7 @@ class FimvisionDataModule(pl.LightningDataModule):
     def num_features(self) -> int:
         return len(self.feature_names)
 
-    def serve(self, train_on: str) -> None:
+    def serve(self, train_on: TrainOn) -> None:
         """Serve training batches of kind ``train_on`` (the CLI calls this with the model's ``train_on``)."""
         if train_on not in self.serves:
             raise ConfigError(f"{type(self).__name__} serves {' or '.join(self.serves)} batches, but the model trains "

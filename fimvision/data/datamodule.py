@@ -12,7 +12,13 @@ from fimvision.data.base import FimvisionDataModule
 from fimvision.data.dataset import ColorNorm, Luminance, Modality, ParticleDataset, decode_images
 from fimvision.data.features import CROP_SIZE, feature_matrix, resolve_features
 from fimvision.data.manifest import Manifest, load_manifest
-from fimvision.data.splits import SplitStrategy, assign_splits, describe, rare_class_warnings, subsample_labels
+from fimvision.data.splits import (
+    SplitStrategy,
+    assign_splits,
+    describe,
+    rare_class_warnings,
+    subsample_labels,
+)
 from fimvision.data.transforms import eval_transform, train_transform
 from fimvision.errors import ConfigError
 

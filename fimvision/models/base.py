@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from fimvision.calibration import dihedral_views, expected_calibration_error, fit_temperature
+from fimvision.data.base import TrainOn
 from fimvision.errors import ConfigError
 from fimvision.models.backbones import create_backbone, load_backbone_weights
 from fimvision.models.optim import (
@@ -47,10 +49,6 @@ from fimvision.models.optim import (
     decay_groups,
 )
 from fimvision.plots import confusion_matrix_png
-
-# What a model trains on: labelled particles, multi-view batches (self-supervised), or, in domain
-# adaptation, the source domain, the few-shot target set or the unlabelled target part.
-TrainOn = Literal["labelled", "views", "source", "fewshot", "target"]
 
 
 def class_names_for(num_classes: int, class_names: list[str] | None) -> list[str]:
@@ -292,8 +290,7 @@ class FimvisionTask(pl.LightningModule):
         self._val_outputs = []
         self.temperature = fit_temperature(logits, target) if self.hparams.get("calibrate", True) else 1.0
         n = self.hparams.num_classes
-        self.validation_confusion = np.bincount(target.numpy() * n + logits.argmax(1).numpy(),
-                                                minlength=n * n).reshape(n, n)
+        self.validation_confusion = multiclass_confusion_matrix(logits.argmax(1), target, n).numpy()
         self.log_dict({"val_ece": expected_calibration_error(logits.softmax(1), target),
                        "val_ece_calibrated": expected_calibration_error(self.calibrated_probs(logits), target),
                        "val_temperature": self.temperature}, sync_dist=False)

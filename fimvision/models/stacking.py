@@ -32,11 +32,13 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import f1_score
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from fimvision.calibration import fit_combination
 from fimvision.errors import CheckpointError, ConfigError
 from fimvision.models.classifier import ParticleClassifier
 from fimvision.models.trees import booster_log_probs, fit_booster, need_features, split_features
+
 
 class StackedClassifier(ParticleClassifier):
     """A timm network on the particle image and gradient-boosted trees on its instrument features, combined
@@ -111,11 +113,12 @@ class StackedClassifier(ParticleClassifier):
         target = self.gather_uneven(torch.cat([o[1] for o in outputs])).cpu()
         trees = self.gather_uneven(torch.cat(trees)).cpu()
         self.combination = fit_combination([network.float().log_softmax(dim=1), trees], target)
-        predicted = self.combine(network, trees).argmax(dim=1).numpy()
+        predicted = self.combine(network, trees).argmax(dim=1)
         n = self.hparams.num_classes
         # The combination is fitted by log-loss: its probabilities need no temperature of their own.
         self.temperature = 1.0
-        self.validation_confusion = np.bincount(target.numpy() * n + predicted, minlength=n * n).reshape(n, n)
+        self.validation_confusion = multiclass_confusion_matrix(predicted, target, n).numpy()
+        predicted = predicted.numpy()
         weights, _ = self.combination
         self.log_dict({"val_f1_macro_stacked": float(f1_score(target.numpy(), predicted, labels=np.arange(n),
                                                               average="macro", zero_division=0)),

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fimvision.data.base import FewShotSampler, FimvisionDataModule
+from fimvision.data.base import FewShotSampler, FimvisionDataModule, TrainOn
 from fimvision.data.dataset import ParticleDataset
 from fimvision.data.domains.protocol import label_shift_keep, rng_for, split_target, stratified_split
 from fimvision.data.domains.readers import load_domain, native_channels
@@ -29,7 +29,6 @@ from fimvision.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 Scenario = Literal["standard", "label_shift", "partial", "ood"]
-TrainOn = Literal["source", "fewshot", "target"]
 Augment = Literal["particle", "shift", "none"]
 
 
