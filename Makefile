@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fimvision-demo
 
-# Two workers for two cores; a test file stays on one worker (its module fixtures are built once).
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+# Two workers for two cores. Work stealing: each worker starts on its half of the tests, in file order, and
+# one that runs out takes half of the other's queue, so a heavy file is shared instead of serialising the run
+# (a session or module fixture is built at most once per worker). `make test-fast` leaves out @slow tests.
+PYTEST := $(PY) -m pytest -q -n 2 --dist worksteal
 
 test: $(STAMP)
 	$(PYTEST)
