@@ -42,7 +42,7 @@ def test_there_are_colour_and_mono_twins():
 
 
 # timm's tiny test models stand in for each config's backbone: the config's own settings, a fast network.
-TINY = {"resnet18": "test_resnet", "vit": "test_vit"}
+TINY = {"resnet18": "test_resnet", "vit": "test_vit", "fim": "test_resnet"}  # fim_real: a ResNet-18 stack
 
 
 @pytest.mark.parametrize("config", SUPERVISED, ids=lambda p: p.stem)
@@ -53,6 +53,8 @@ def test_supervised_config_learns_and_logs_its_metrics(config, synthetic_root, t
     cli, metrics = fit_on_one_batch(["--config", config, *fast_args(synthetic_root, tmp_path), *tiny], tmp_path)
     assert_learns(metrics)
     assert_logged(metrics, "train_loss", "val_loss", "val_acc", "val_balanced_acc", "val_f1_macro", "lr-AdamW/pg1")
+    if config.stem == "fim_real":  # the recipe also fits its combination on every validation pass
+        assert_logged(metrics, "val_f1_macro_stacked", "val_weight_network", "val_weight_trees")
     assert cli.model.hparams.in_chans == (1 if "mono" in config.stem else 3)
 
 
