@@ -28,8 +28,12 @@ MIN_PROB = 1e-6
 
 def fit_booster(features: np.ndarray, targets: np.ndarray, *, max_iter: int = 300, seed: int = 0
                 ) -> HistGradientBoostingClassifier:
-    """Histogram gradient boosting on raw features (N x F, NaN allowed), early stopping on an internal split."""
-    booster = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=True, random_state=seed)
+    """Histogram gradient boosting on raw features (N x F, NaN allowed), early stopping on an internal 10 %
+    split stratified by class, where every class can be split (2 particles or more, one per class in 10 %);
+    otherwise all ``max_iter`` iterations."""
+    counts = np.bincount(np.asarray(targets))
+    stratifiable = counts[counts > 0].min() >= 2 and 0.1 * len(targets) >= (counts > 0).sum()
+    booster = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=bool(stratifiable), random_state=seed)
     return booster.fit(features, targets)
 
 

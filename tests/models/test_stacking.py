@@ -102,3 +102,13 @@ def test_boosted_trees_model_scores_exactly_as_the_baseline_command_on_the_same_
     baseline = features_baseline(run_cli(args, run=False).datamodule, seed=0)
     assert float(test.trainer.callback_metrics["test_f1_macro"]) == pytest.approx(baseline["test_f1_macro"], abs=1e-6)
     assert float(test.trainer.callback_metrics["test_acc"]) == pytest.approx(baseline["test_acc"], abs=1e-6)
+
+
+def test_trees_fit_with_a_class_of_one_particle():
+    from fimvision.models.trees import fit_booster
+
+    rng = np.random.default_rng(0)
+    features, targets = rng.normal(size=(60, 3)), np.r_[np.zeros(59, int), 1]  # one protist in the training run
+    booster = fit_booster(features, targets, max_iter=20)
+    assert not booster.do_early_stopping_ and booster.predict_proba(features).shape == (60, 2)
+    assert fit_booster(features, np.arange(60) % 2, max_iter=20).do_early_stopping_
