@@ -104,16 +104,23 @@ def _validation_unit(frame: pd.DataFrame, notes: list[str] | None) -> str | None
     return None
 
 
-def _validation_group(frame: pd.DataFrame, notes: list[str] | None) -> str | None:
-    """``group`` when the training part of leave-one-group-out holds two or more groups (validation by whole
-    run), else None (by particle, as :func:`_validation_unit` says)."""
-    n = frame["group"].nunique()
-    if n >= 2:
-        if notes is not None:
-            notes.append(f"validation drawn by whole group (run) from the {n} training groups: fewer than "
-                         f"{MIN_VAL_SAMPLES} samples, and a held-out run is best mimicked by another run")
-        return "group"
-    return _validation_unit(frame, notes)
+def _validation_of_rest(rest: pd.DataFrame, strategy: str, val_fraction: float, rng: np.random.Generator,
+                       notes: list[str] | None) -> np.ndarray:
+    """Train/val of the training part ``rest`` of a ``group`` or ``kfold`` split: by sample where enough; for
+    ``group``, else by whole group (run) where two or more remain and that gives a validation set; else by
+    particle (see the module docstring)."""
+    local: list[str] = []
+    unit = _validation_unit(rest, local)
+    if unit is None and strategy == "group" and (n := rest["group"].nunique()) >= 2:
+        by_group = _by_units(rest, "group", val_fraction, 0.0, rng)
+        if (by_group == "val").any():  # empty when each run is the only one of its majority class
+            if notes is not None:
+                notes.append(f"validation drawn by whole group (run) from the {n} training groups: fewer than "
+                             f"{MIN_VAL_SAMPLES} samples, and a held-out run is best mimicked by another run")
+            return by_group
+    if notes is not None:
+        notes.extend(local)
+    return _by_units(rest, unit, val_fraction, 0.0, rng)
 
 
 def rare_class_warnings(frame: pd.DataFrame, splits: np.ndarray, min_train: int = 10) -> list[str]:
@@ -162,15 +169,7 @@ def assign_splits(frame: pd.DataFrame, strategy: SplitStrategy = "sample", *, fo
                 raise DataError(f"split 'kfold': fold {fold} is out of range for n_folds={n_folds}.")
             held_out = assign_folds(frame, n_folds, seed=seed) == fold
         splits = np.full(len(frame), "test", dtype=object)
-        rest = frame.loc[~held_out]
-        unit = _validation_unit(rest, None if strategy == "group" else notes)
-        if unit is None and strategy == "group":
-            unit = _validation_group(rest, notes)
-        splits[~held_out] = _by_units(rest, unit, val_fraction, 0.0, rng)
-        if unit == "group" and not (splits == "val").any():  # each run the only one of its majority class
-            if notes:
-                notes.pop()
-            splits[~held_out] = _by_units(rest, _validation_unit(rest, notes), val_fraction, 0.0, rng)
+        splits[~held_out] = _validation_of_rest(frame.loc[~held_out], strategy, val_fraction, rng, notes)
     elif strategy == "predefined":
         _need(frame, "split", strategy)
         splits = frame["split"].to_numpy()

@@ -72,10 +72,9 @@ class StackedClassifier(ParticleClassifier):
         super().setup(stage)
         if stage != "fit":
             return
-        seed = int(torch.initial_seed()) % 2**32  # follows seed_everything
-        fit = dict(max_iter=self.hparams.booster_iter, seed=seed)
-        self.booster_val = fit_booster(*split_features(self.trainer.datamodule, "train"), **fit)
-        self.booster = fit_booster(*split_features(self.trainer.datamodule, "train", "val"), **fit)
+        data, iterations = self.trainer.datamodule, self.hparams.booster_iter
+        self.booster_val = fit_booster(*split_features(data, "train"), max_iter=iterations)
+        self.booster = fit_booster(*split_features(data, "train", "val"), max_iter=iterations)
 
     def tree_log_probs(self, batch: dict, booster: HistGradientBoostingClassifier | None) -> Tensor:
         return booster_log_probs(booster, batch.get("features"), self.hparams.num_classes)

@@ -26,11 +26,13 @@ from fimvision.models.base import FimvisionTask
 MIN_PROB = 1e-6
 
 
-def fit_booster(features: np.ndarray, targets: np.ndarray, *, max_iter: int = 300, seed: int = 0
+def fit_booster(features: np.ndarray, targets: np.ndarray, *, max_iter: int = 300, seed: int | None = None
                 ) -> HistGradientBoostingClassifier:
     """Histogram gradient boosting on raw features (N x F, NaN allowed), early stopping on an internal 10 %
     split stratified by class, where every class can be split (2 particles or more, one per class in 10 %);
-    otherwise all ``max_iter`` iterations."""
+    otherwise all ``max_iter`` iterations. ``seed`` None: torch's, which follows seed_everything."""
+    if seed is None:
+        seed = int(torch.initial_seed()) % 2**32
     counts = np.bincount(np.asarray(targets))
     stratifiable = counts[counts > 0].min() >= 2 and 0.1 * len(targets) >= (counts > 0).sum()
     booster = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=bool(stratifiable), random_state=seed)
@@ -105,9 +107,8 @@ class BoostedTrees(FimvisionTask):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            seed = int(torch.initial_seed()) % 2**32  # follows seed_everything
             self.booster = fit_booster(*split_features(self.trainer.datamodule, "train", "val"),
-                                       max_iter=self.hparams.booster_iter, seed=seed)
+                                       max_iter=self.hparams.booster_iter)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         self.optimizers().step()  # updates nothing (see configure_models)
