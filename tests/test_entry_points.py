@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,25 +90,49 @@ def test_internal_errors_exit_1_with_a_traceback(work):
     assert "Traceback" in result.stderr and "RuntimeError: a bug, not bad input" in result.stderr
 
 
-def test_help_of_every_console_script(work):
+def script_in_process(main: Callable, args: list, capsys) -> subprocess.CompletedProcess:
+    """A console script's ``main(args)`` in this process (what its installed wrapper calls, `sys.exit(main())`):
+    the exit status, stdout and stderr, shaped as ``run``'s result."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:  # --help and argparse usage errors
+        code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([str(a) for a in args], code, out, err)
+
+
+def test_help_of_every_console_script(work, capsys):
     # (Each tool's --help is checked in tests/curation/test_curation_tools_cli.py; below each tool runs here.)
-    cmds = [[exe("fimvision"), "--help"], [exe("fimvision-demo"), "--help"], [exe("fimvision-study"), "--help"],
-            [exe("fimvision-efficiency"), "--help"], [exe("fimvision-baseline"), "--help"]]
-    results = run_all([*cmds, [exe("fimvision-efficiency"), "benchmark", "--help"]], work, at_once=3)
-    assert "No CUDA runtime" not in results[-1].stdout + results[-1].stderr  # (its --device option names cuda)
-    results = results[:-1]
+    from fimvision.baselines import main as baseline_main
+    from fimvision.demo import main as demo_main
+
+    # As processes, the scripts whose imports could probe for CUDA; the others' `main` in this process.
+    cmds = [[exe("fimvision"), "--help"], [exe("fimvision-study"), "--help"], [exe("fimvision-efficiency"), "--help"],
+            [exe("fimvision-efficiency"), "benchmark", "--help"]]
+    results = run_all(cmds, work, at_once=2)
     for cmd, result in zip(cmds, results, strict=True):
         assert result.returncode == 0 and result.stdout.startswith("usage:"), (cmd, result.stderr[-500:])
         # No CUDA probe noise ("No CUDA runtime is found, using CUDA_HOME=..." from torch.utils.cpp_extension, which
-        # torch.utils.benchmark imports) on a machine without a GPU: no line mentions CUDA at all.
-        assert not [line for line in (result.stdout + result.stderr).splitlines() if "cuda" in line.lower()], cmd
+        # torch.utils.benchmark imports) on a machine without a GPU: no line mentions CUDA (but the benchmark's
+        # --device option's help).
+        if cmd[-2] != "benchmark":
+            assert not [line for line in (result.stdout + result.stderr).splitlines() if "cuda" in line.lower()], cmd
+        assert "No CUDA runtime" not in result.stdout + result.stderr, cmd
+    for main in (demo_main, baseline_main):
+        result = script_in_process(main, ["--help"], capsys)
+        assert result.returncode == 0 and result.stdout.startswith("usage:"), (main, result.stderr[-500:])
+    assert [exe("fimvision-demo"), exe("fimvision-baseline")]  # their wrappers are installed
     main_help = results[0].stdout
     assert "flow imaging microscopy" in main_help
     assert sum(line.strip().startswith(("fimvision fit", "fimvision test", "fimvision predict"))
                for line in main_help.splitlines()) == 3
 
 
-def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
+def test_other_console_scripts_and_tools_exit_codes(work, tmp_path, monkeypatch, capsys):
+    from fimvision.baselines import main as baseline_main
+    from fimvision.efficiency.cli import main as efficiency_main
+
     study = tmp_path / "study.yaml"
     study.write_text("name: s\nstages: {a: {axes: {seed: {values: [0]}}, model: nope.yaml}}\n")
     (tmp_path / "fake").mkdir()
@@ -118,14 +143,12 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
                   "--repeats=1", "--warmup=0", "--precisions=[32-true]", "--backends=[math]", "--mfu=false",
                   f"--out={tmp_path / 'eff'}", "--device=cpu"]
     tool = {t.stem: [sys.executable, t] for t in TOOLS}
+    # Every tools/ script and the light console scripts as processes; the heavy scripts' bad-input cases through
+    # their `main` in this process (one real run of fimvision-efficiency is the process).
     cases = [
         (efficiency, 0, None),
-        ([exe("fimvision-efficiency"), "benchmark", "--config=missing.yaml"], 2, "config file missing.yaml does not exist"),
-        ([exe("fimvision-efficiency"), "bench"], 2, "error:"),
         ([exe("fimvision-study"), "run", "--config", study, "--out", tmp_path / "study"], 2, "model"),
         ([exe("fimvision-study"), "report", tmp_path / "nowhere"], 2, "results.csv does not exist"),
-        ([exe("fimvision-baseline"), "--config", SUPERVISED, "--data.init_args.root=data"], 2, "needs features"),
-        ([exe("fimvision-baseline"), "--data.init_args.root=data"], 2, "--config FILE"),
         ([*tool["make_synthetic"], "--out", "data", "--antibodies", "1"], 2, "not empty"),
         ([*tool["fetch_data"], "domain-adaptation", "--out", tmp_path / "da", "--from", tmp_path / "fake"], 2,
          "checksum does not match"),
@@ -145,6 +168,15 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path):
         else:
             assert result.returncode == 0, (cmd, result.stderr[-1500:])
         assert "No CUDA runtime" not in result.stderr, cmd
+    monkeypatch.chdir(work)
+    in_process = [
+        (efficiency_main, ["benchmark", "--config=missing.yaml"], "config file missing.yaml does not exist"),
+        (efficiency_main, ["bench"], "error:"),
+        (baseline_main, ["--config", SUPERVISED, "--data.init_args.root=data"], "needs features"),
+        (baseline_main, ["--data.init_args.root=data"], "--config FILE"),
+    ]
+    for main, args, message in in_process:
+        user_error(script_in_process(main, args, capsys), message)
     if (SHARED_DATA / "domain-adaptation").is_dir():  # the fetch tool's checked copy, where the real files exist
         result = run([*tool["fetch_data"], "domain-adaptation", "--out", tmp_path / "da",
                       "--from", SHARED_DATA / "domain-adaptation"], work)

@@ -19,13 +19,15 @@ SUPERVISED = CONFIGS / "supervised" / "resnet18_color.yaml"
 pytestmark = pytest.mark.slow  # every test starts `fimvision` processes: their imports, then a tiny run each
 
 
-def test_fit_exits_0_into_its_own_folder_and_its_config_reproduces_it(fitted, work):
+def test_fit_exits_0_into_its_own_folder_and_its_config_reproduces_it(fitted, work, monkeypatch, capsys):
     files = {p.relative_to(fitted).as_posix() for p in fitted.rglob("*")}
     assert {"config.yaml", "metrics.csv", "hparams.yaml", "checkpoints/last.ckpt"} <= files
     assert any(f.startswith("checkpoints/best-epoch=") for f in files)
     assert torch.load(fitted / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
-    # The saved config is the whole run: fitting it again gives the same validation scores.
-    again = run([exe("fimvision"), "fit", "--config", fitted / "config.yaml"], work)
+    # The saved config is the whole run: fitting it again (through the same `main`, in this process) gives the same
+    # validation scores.
+    monkeypatch.chdir(work)
+    again = run_in_process([exe("fimvision"), "fit", "--config", fitted / "config.yaml"], capsys)
     assert again.returncode == 0, again.stderr[-2000:]
     rerun = fitted.parent / "version_1"
     first, second = (pd.read_csv(r / "metrics.csv").dropna(subset=["val_loss"]) for r in (fitted, rerun))
@@ -33,9 +35,11 @@ def test_fit_exits_0_into_its_own_folder_and_its_config_reproduces_it(fitted, wo
         second[["epoch", "val_loss", "val_acc"]].to_numpy().tolist()
 
 
-def test_non_finite_loss_stops_with_exit_2_and_no_nan_checkpoint(work):
-    result = run(fit_cmd("--model.init_args.lr=1e6", "--model.init_args.warmup_epochs=0", "--trainer.max_epochs=3",
-                         save_dir="diverged"), work)
+def test_non_finite_loss_stops_with_exit_2_and_no_nan_checkpoint(work, monkeypatch, capsys):
+    # Through the same `main`, in this process (the next test runs the installed script).
+    monkeypatch.chdir(work)
+    result = run_in_process(fit_cmd("--model.init_args.lr=1e6", "--model.init_args.warmup_epochs=0",
+                                    "--trainer.max_epochs=3", save_dir="diverged"), capsys)
     user_error(result, "training diverged at epoch 0, global step ")
     for part in ("last finite loss", "learning rate ", "--trainer.gradient_clip_val"):
         assert part in result.stderr, part
@@ -87,21 +91,36 @@ def test_ctrl_c_exits_130_and_leaves_a_usable_last_checkpoint(work):
     assert read_checkpoint(last)["epoch"] >= 0
 
 
-def test_killed_run_resumed_in_place_ends_like_an_uninterrupted_one(work):
+KILLER = '''\
+import os, signal
+from pytorch_lightning import Callback
+
+class KillAt(Callback):
+    """SIGKILL this process after two steps of epoch `epoch`: a crash or OOM kill, mid-epoch."""
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_killed_run_resumed_in_place_ends_like_an_uninterrupted_one(work, monkeypatch, capsys):
     args = ["--trainer.max_epochs=4", "--data.init_args.batch_size=4", "--data.init_args.augment=true"]
-    assert run(fit_cmd(*args, save_dir="whole"), work).returncode == 0
-    proc = subprocess.Popen([str(c) for c in fit_cmd(*args, save_dir="killed")], cwd=work, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (work / "killer.py").write_text(KILLER)
+    # Killed without warning (no handler runs) in its third epoch, after the second's state is saved.
+    killed = subprocess.run([str(c) for c in fit_cmd(*args, "--trainer.callbacks+=killer.KillAt",
+                                                     "--trainer.callbacks.init_args.epoch=2", save_dir="killed")],
+                            cwd=work, env={**ENV, "PYTHONPATH": str(work)}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run_dir = work / "killed" / "lightning_logs" / "version_0"
-    last, saves = run_dir / "checkpoints" / "last.ckpt", set()
-    while proc.poll() is None and len(saves) < 2:  # killed as soon as the second epoch's state is saved
-        if last.exists():
-            saves.add(last.stat().st_mtime_ns)
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed: make its epochs longer"
-    assert torch.load(last, weights_only=False)["epoch"] < 3
-    resumed = run(fit_cmd(*args, f"--ckpt_path={last}", save_dir="killed"), work)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    # The uninterrupted run and the resumed one through the same `main`, in this process.
+    monkeypatch.chdir(work)
+    assert run_in_process(fit_cmd(*args, save_dir="whole"), capsys).returncode == 0
+    resumed = run_in_process(fit_cmd(*args, f"--ckpt_path={last}", save_dir="killed"), capsys)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [p.name for p in run_dir.parent.iterdir()] == ["version_0"]  # continued in place
     assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.yaml", "config_resume.yaml"]
@@ -112,7 +131,7 @@ def test_killed_run_resumed_in_place_ends_like_an_uninterrupted_one(work):
         killed.dropna(subset=["val_loss"])[columns].to_numpy().tolist()
 
 
-def test_predict_writes_into_the_run_and_never_over_earlier_results(fitted, work):
+def test_predict_writes_into_the_run_and_never_over_earlier_results(fitted, work, monkeypatch, capsys):
     ckpt = fitted / "checkpoints" / "last.ckpt"
     cmd = [exe("fimvision"), "predict", "--config", SUPERVISED, "--model.init_args.backbone=test_resnet",
            "--data.init_args.root=data", "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
@@ -121,7 +140,8 @@ def test_predict_writes_into_the_run_and_never_over_earlier_results(fitted, work
     assert first.returncode == 0, first.stderr[-2000:]
     assert len(pd.read_csv(fitted / "predictions.csv")) == 64 and (fitted / "samples.csv").is_file()
     before = (fitted / "predictions.csv").read_bytes()
-    refused, replaced = run_all([cmd, [*cmd, "--prediction_writer.overwrite=true"]], work, at_once=1)
+    monkeypatch.chdir(work)  # the second and third time through the same `main`, in this process
+    refused, replaced = (run_in_process(c, capsys) for c in (cmd, [*cmd, "--prediction_writer.overwrite=true"]))
     user_error(refused, "predictions.csv")
     assert "--prediction_writer.overwrite=true" in refused.stderr and "cached" not in refused.stderr
     assert replaced.returncode == 0 and (fitted / "predictions.csv").read_bytes() == before  # same model, same rows
@@ -190,8 +210,10 @@ def test_with_a_checkpoint_evaluation_options_apply_and_model_changes_are_refuse
     assert len(pd.read_csv(work / "options" / "predict_out" / "predictions.csv")) == 64
 
 
-def test_a_checkpoint_of_another_model_class_is_refused(fitted, work):
-    result = run(eval_cmd("test", fitted / "checkpoints" / "last.ckpt", "options/other_class", "--model=SimCLR"), work)
+def test_a_checkpoint_of_another_model_class_is_refused(fitted, work, monkeypatch, capsys):
+    monkeypatch.chdir(work)
+    result = run_in_process(eval_cmd("test", fitted / "checkpoints" / "last.ckpt", "options/other_class",
+                                     "--model=SimCLR"), capsys)
     user_error(result, "--model: checkpoint ")
     assert f"holds a ParticleClassifier, but this command gives a SimCLR. Give {fitted / 'config.yaml'}" \
         in result.stderr
