@@ -49,10 +49,16 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fitted(work) -> Path:
-    """The run folder of one real `fimvision fit` (2 epochs)."""
-    result = run(fit_cmd("--trainer.max_epochs=2", save_dir="fitted"), work)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "FimvisionCLI object" not in result.stdout + result.stderr  # nothing printed after the command's output
+    """The run folder of one real `fimvision fit` (2 epochs), run through its `main` in this process (the installed
+    script's own runs: test_runs.py)."""
+    from fimtest import run_main
+
+    here = Path.cwd()
+    os.chdir(work)
+    try:
+        assert run_main(fit_cmd("--trainer.max_epochs=2", save_dir="fitted")[1:]) == 0
+    finally:
+        os.chdir(here)
     return work / "fitted" / "lightning_logs" / "version_0"
 
 

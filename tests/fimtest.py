@@ -86,6 +86,8 @@ def rewrite_manifest(root: Path, change) -> pd.DataFrame:
 # ------------------------------------------------------------ the installed entry points, as subprocesses
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+if os.environ.get("PYTEST_XDIST_WORKER"):  # as the worker itself (conftest.py): one thread a process on shared cores,
+    ENV["OMP_NUM_THREADS"] = "1"            # so a process's run and an in-process rerun do the same arithmetic
 SUPERVISED = CONFIGS / "supervised" / "resnet18_color.yaml"
 
 

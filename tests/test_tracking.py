@@ -95,8 +95,9 @@ def tiny(root, out, family: str) -> dict:
 
 
 @pytest.mark.slow  # each run a `fimvision` process started by the agent: its imports, then a few steps
-@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in SWEEPS if p.stem != "supervised"], ids=lambda p: p.stem)
 def test_a_wandb_agent_runs_each_sweep_file(path, agent_env, synthetic_root, tmp_path, monkeypatch):
+    # (The supervised sweep file: test_two_agents_on_one_machine_share_nothing.)
     sweep = yaml.safe_load(path.read_text())
     if path.stem == "fewshot":  # the sweep starts from a source model named in the agents' environment
         source = run_cli(["fit", "--config", CONFIGS / "sfda" / "fim_antibody.yaml", "--model",
@@ -126,19 +127,30 @@ def test_an_impossible_value_fails_the_run_with_exit_2(agent_env, synthetic_root
 
 @pytest.mark.slow  # two `fimvision` processes
 def test_two_agents_on_one_machine_share_nothing(agent_env, synthetic_root, tmp_path):
+    # Two draws of the supervised sweep file at once, each run as the agent renders it.
     sweep = yaml.safe_load((CONFIGS / "sweeps" / "supervised.yaml").read_text())
-    args = {**tiny(synthetic_root, tmp_path / "runs", "supervised"), "model.init_args.backbone": "test_resnet"}
-    runs = [run_as_wandb_agent(sweep, {**args, "model.init_args.lr": lr}, f"agent{i}", wait=False)
-            for i, lr in enumerate((1e-3, 2e-3))]
+    rng = np.random.default_rng(0)
+    draws = [sample_sweep_parameters(sweep["parameters"], rng) for _ in range(2)]
+    draws[1]["model.init_args.lr"] = draws[0]["model.init_args.lr"] * 2  # told apart by their folders' configs
+    tiny_args = tiny(synthetic_root, tmp_path / "runs", "supervised")
+    runs = [run_as_wandb_agent(sweep, {**drawn, **tiny_args, "model.init_args.backbone": "test_resnet"}, f"agent{i}",
+                               wait=False) for i, drawn in enumerate(draws)]
     assert [r.wait() for r in runs] == [0, 0]
     folders = sorted((tmp_path / "runs" / "lightning_logs").iterdir())
     assert [f.name for f in folders] == ["version_0", "version_1"]
-    lrs = set()
+    lrs = []
     for folder in folders:
         (wandb_run,) = wandb_runs(folder)  # one W&B run per folder
         assert (folder / "checkpoints" / "last.ckpt").is_file()
-        lrs.add(yaml.safe_load((folder / "config.yaml").read_text())["model"]["init_args"]["lr"])
-    assert lrs == {1e-3, 2e-3}  # each folder's config is its own run's
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        lrs.append(config["model"]["init_args"]["lr"])
+        logged = read_wandb_run(wandb_run)
+        assert any(sweep["metric"]["name"] in row for row in logged["history"]), "the sweep metric was not logged"
+        drawn = next(d for d in draws if d["model.init_args.lr"] == pytest.approx(lrs[-1]))
+        for name, value in drawn.items():  # the run used its drawn values (the backbone: the test's tiny one)
+            if name != "model.init_args.backbone":
+                assert logged["config"][name] == (pytest.approx(value) if isinstance(value, float) else value), name
+    assert sorted(lrs) == pytest.approx(sorted(d["model.init_args.lr"] for d in draws))  # each its own run's config
 
 
 def test_efficiency_drift_runs_are_tracked(offline, tmp_path):
