@@ -47,6 +47,7 @@ from fimvision.models.optim import (
     build_optimizer,
     build_schedule,
     decay_groups,
+    step_schedule,
 )
 from fimvision.plots import confusion_matrix_png
 
@@ -213,6 +214,9 @@ class FimvisionTask(pl.LightningModule):
         if schedule is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        step_schedule(scheduler, self.global_step)
 
     def synthetic_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
         """A training batch of random images shaped as this family's data module serves it (for efficiency

@@ -1,20 +1,21 @@
-"""The one optimizer and learning-rate schedule set-up of every fimvision model family.
+"""The one optimizer and learning-rate schedule set-up of every fimvision model family, from timm's factories.
 
 A model lists its parameter groups (each may carry its own ``lr``); weight decay is taken off biases,
-norm weights and position/class tokens by timm's rule; the optimizer and the per-step schedule are
-chosen by name in the model's config (``optimizer``, ``lr``, ``weight_decay``, ``momentum``,
-``scheduler``, ``warmup_epochs``), the same keys for every family.
+norm weights and position/class tokens by timm's rule; the optimizer is timm's ``create_optimizer_v2`` and
+the cosine schedule timm's ``CosineLRScheduler`` (per step, after a linear warm-up), chosen by name in the
+model's config (``optimizer``, ``lr``, ``weight_decay``, ``momentum``, ``scheduler``, ``warmup_epochs``), the
+same keys for every family. SHOT's ``(1 + 10 p)^-0.75`` decay, which no library ships, is a ``LambdaLR``.
 """
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Literal
 
 import torch
-from lightly.utils.lars import LARS
-from timm.optim import param_groups_weight_decay
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
 OptimizerName = Literal["adamw", "adam", "sgd", "lars"]
@@ -32,24 +33,9 @@ def decay_groups(module: nn.Module, weight_decay: float, **extra) -> list[dict]:
 
 def build_optimizer(groups: list[dict], name: OptimizerName, lr: float, weight_decay: float,
                     momentum: float = 0.9) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over parameter ``groups`` (a group's own ``lr``/``weight_decay`` win)."""
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer '{name}'; use adamw, adam, sgd or lars")
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR factor: linear warm-up from 0 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    """timm's optimizer ``name`` over parameter ``groups`` (a group's own ``lr``/``weight_decay`` win; timm's
+    ``sgd`` is Nesterov SGD)."""
+    return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum)
 
 
 def shot_decay(step: int, total_steps: int) -> float:
@@ -58,15 +44,24 @@ def shot_decay(step: int, total_steps: int) -> float:
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, name: SchedulerName, total_steps: int,
-                   warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR | None:
-    """A per-step schedule over ``total_steps`` optimizer steps (None for ``none``)."""
+                   warmup_steps: int = 0) -> Scheduler | torch.optim.lr_scheduler.LambdaLR | None:
+    """A per-step schedule over ``total_steps`` optimizer steps (None for ``none``); advance it with
+    :func:`step_schedule`."""
     total_steps = max(1, total_steps)
     if name == "none":
         return None
-    if name == "cosine":
+    if name == "cosine":  # linear warm-up from 0, then cosine decay to 0 at the last step
         warmup = max(0, min(total_steps - 1, warmup_steps))
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup_steps=warmup,
-                                                                    total_steps=total_steps))
+        return CosineLRScheduler(optimizer, t_initial=total_steps - warmup, warmup_t=warmup, warmup_prefix=True,
+                                 t_in_epochs=False)
     if name == "shot":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(shot_decay, total_steps=total_steps))
     raise ValueError(f"unknown scheduler '{name}'; use cosine, shot or none")
+
+
+def step_schedule(schedule: Scheduler | torch.optim.lr_scheduler.LRScheduler, steps_done: int) -> None:
+    """Set the learning rate for the step after ``steps_done`` optimizer steps (timm's schedulers take the count)."""
+    if isinstance(schedule, Scheduler):
+        schedule.step_update(num_updates=steps_done)
+    else:
+        schedule.step()

@@ -16,7 +16,7 @@ from fimvision.models.adaptation import NRC, SHOT, AaD, FewShotFinetune, SourceM
 from fimvision.models.backbones import create_backbone
 from fimvision.models.base import FimvisionTask
 from fimvision.models.classifier import ParticleClassifier
-from fimvision.models.optim import build_schedule, decay_groups, shot_decay, warmup_cosine
+from fimvision.models.optim import build_optimizer, build_schedule, decay_groups, shot_decay, step_schedule
 from fimvision.models.ssl import BYOL, DINO, MoCo, SimCLR
 
 
@@ -64,10 +64,23 @@ def test_backbone_checkpoint_of_any_family(tmp_path):
 # --- the optimizer and schedules ---------------------------------------------------------------------------------
 
 def test_warmup_cosine_values():
-    assert [warmup_cosine(s, 4, 12) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert warmup_cosine(4, 4, 12) == pytest.approx(1.0)
-    assert warmup_cosine(8, 4, 12) == pytest.approx(0.5)  # half way through the decay
-    assert warmup_cosine(12, 4, 12) == pytest.approx(0.0) and warmup_cosine(50, 4, 12) == pytest.approx(0.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = build_schedule(optimizer, "cosine", total_steps=12, warmup_steps=4)
+    lrs = []
+    for step in range(14):
+        step_schedule(schedule, step)
+        lrs.append(optimizer.param_groups[0]["lr"] / 0.1)
+    assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])  # linear warm-up from 0
+    assert lrs[8] == pytest.approx(0.5)  # half way through the decay
+    assert lrs[12:] == pytest.approx([0.0, 0.0])
+
+
+def test_the_optimizer_comes_from_timm_by_name():
+    groups = decay_groups(torch.nn.Linear(2, 2), 0.05)
+    assert type(build_optimizer(groups, "lars", 0.1, 0.05)).__name__ == "Lars"
+    sgd = build_optimizer(groups, "sgd", 0.1, 0.05, momentum=0.8)
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.8
+    assert [g["weight_decay"] for g in sgd.param_groups] == [0.0, 0.05]  # the groups' own decay
 
 
 def test_shot_decay_values():
@@ -75,9 +88,9 @@ def test_shot_decay_values():
     assert shot_decay(100, 100) == pytest.approx(11 ** -0.75)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     schedule = build_schedule(optimizer, "shot", total_steps=10)
-    for _ in range(5):
+    for step in range(5):
         optimizer.step()
-        schedule.step()
+        step_schedule(schedule, step + 1)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 6 ** -0.75)
 
 
