@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
+from fimvision.cli import build_cli
 from fimvision.console import make_parser, quiet_third_party, run_main
 from fimvision.errors import ConfigError
 from fimvision.models.trees import fit_booster
@@ -62,8 +63,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     args, fit_args = parser.parse_known_args(argv)
     if not any(a == "--config" or a.startswith("--config=") for a in fit_args):
         parser.error("give a fimvision config: --config FILE (its data section sets data, features and split)")
-    from fimvision.cli import build_cli
-
     cli = build_cli(list(fit_args), run=False)
     seed = cli.config.get("seed_everything")
     seed = seed if isinstance(seed, int) else 0

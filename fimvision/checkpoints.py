@@ -5,10 +5,13 @@
 is Lightning's ``ModelCheckpoint`` with two guarantees fimvision's resume and test commands rely on:
 ``last.ckpt`` is the state after the last completed epoch (Lightning 2.6 refreshes it only when a
 top-k checkpoint is saved), and no checkpoint is written from a non-finite state (weights or monitored value).
+:func:`refuse_model_changes` and :func:`check_checkpoint_fits` hold a command given ``--ckpt_path`` to what the
+checkpoint was trained as.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import zipfile
@@ -19,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from fimvision.errors import CheckpointError
+from fimvision.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +123,90 @@ class RunCheckpoint(ModelCheckpoint):
         # Runs after the epoch's validation: the state saved here is the whole epoch's, validation included.
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+# --- a checkpoint against the command that evaluates or resumes it (`fimvision ... --ckpt_path`)
+# Model arguments that come from the data module (links): after instantiation they must match the checkpoint's
+# (the error names the data setting that fits it).
+CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size", "feature_names", "num_features")
+# Model arguments that only say where starting weights come from: a full checkpoint supersedes them, so they are
+# not loaded again (no hub download, no need to keep the files).
+STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint": None}
+# Starting-weight arguments a checkpoint makes moot without clearing them (the adaptation models read the
+# source model's settings from it); neither applied nor refused with --ckpt_path.
+MOOT_WITH_CHECKPOINT = (*STARTING_WEIGHTS, "source_checkpoint")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data for comparing a given option with a checkpoint's (namespaces and tuples unwrapped)."""
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _show(value: Any) -> str:
+    """A value as a user would type it on the command line."""
+    return value if isinstance(value, str) else json.dumps(_plain(value))
+
+
+def refuse_model_changes(path: str, saved: dict, class_path: str, given: dict[str, Any],
+                         evaluation: tuple[str, ...], accepted: Any) -> None:
+    """Raise a ConfigError naming each model option a command gives (``given``) that would change what checkpoint
+    ``path`` (hyper-parameters ``saved``) holds: its class, or any argument but the evaluation-time ones
+    (``evaluation``, of those the class ``accepted``)."""
+    run = run_folder_of(path)
+    config = f"{run / 'config.yaml'}" if run is not None else "the config it was trained with"
+    saved_class = saved.get("_class_path")
+    if saved_class and class_path and saved_class != class_path:
+        raise ConfigError(
+            f"--model: checkpoint {path} holds a {saved_class.rsplit('.', 1)[-1]}, but this command gives a "
+            f"{class_path.rsplit('.', 1)[-1]}. Give {config} as --config, or another checkpoint.")
+    fixed = set(evaluation) | set(MOOT_WITH_CHECKPOINT) | set(CHECKPOINT_CONTRACT)
+    wrong = {k: v for k, v in given.items() if k not in fixed and k in saved and _plain(v) != _plain(saved[k])}
+    if wrong:
+        details = "; ".join(f"--model.init_args.{k}={_show(v)} given, the checkpoint has {_show(saved[k])}"
+                            for k, v in wrong.items())
+        options = [f"--model.init_args.{k}" for k in evaluation if k in accepted]
+        raise ConfigError(
+            f"checkpoint {path} fixes the trained model, and this command changes it: {details}. Leave "
+            f"{'it' if len(wrong) == 1 else 'them'} out (of the command line and the config files: the "
+            f"checkpoint's values are used) or give {config} as --config. With a checkpoint only evaluation "
+            f"options apply: {', '.join(options) + ' and ' if options else ''}the data, trainer and output options.")
+
+
+def check_checkpoint_fits(path: str, saved: dict, now: dict, data_args: dict) -> None:
+    """Raise a CheckpointError when the data-linked model arguments ``now`` differ from checkpoint ``path``'s
+    (``saved``), naming the data settings (of a data module with arguments ``data_args``) that fit it."""
+    wrong = [k for k in CHECKPOINT_CONTRACT if k in saved and k in now and saved[k] != now[k]]
+    if wrong:
+        details = "; ".join(f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in wrong)
+        hints = [h for h in dict.fromkeys(_fitting_setting(k, saved, data_args) for k in wrong) if h]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this data: {details}. "
+            + (f"Settings that fit it: {' '.join(hints)}; or use another checkpoint."
+               if hints else "Use the data settings it was trained with, or another checkpoint."))
+
+
+def _fitting_setting(key: str, saved: dict, args: dict) -> str:
+    """The data setting that gives the model argument ``key`` the checkpoint's value."""
+    value = saved[key]
+    if key == "img_size":
+        return f"--data.init_args.image_size={value}"
+    if key == "feature_names":
+        return f"--data.init_args.features=[{','.join(value or [])}]" if value else "--data.init_args.features=null"
+    if key in ("class_names", "num_classes"):
+        names = saved.get("class_names")
+        return f"--data.init_args.classes=[{','.join(names)}]" if names else ""
+    if key == "in_chans":
+        if "modality" in args and "mono_channels" in args:
+            return ("--data.init_args.modality=color" if value == 3 and args.get("modality") == "mono"
+                    and args.get("mono_channels") != 3 else
+                    "--data.init_args.modality=mono --data.init_args.mono_channels=1" if value == 1 else
+                    "--data.init_args.mono_channels=3")
+        if "channels" in args:
+            return f"--data.init_args.channels={value}"
+    return ""

@@ -1,4 +1,6 @@
-"""`fimvision fit|validate|test|predict --config FILE`: the Lightning CLI over fimvision's modules.
+"""`fimvision fit|validate|test|predict --config FILE`: the Lightning CLI over fimvision's modules, and the
+functions other programs (the demo, studies, efficiency measurements, the baseline) run it through:
+:func:`build_cli`, :func:`parse_config` and :func:`fit_and_test`.
 
 Model and data are given in subclass mode (``class_path`` + ``init_args``; short class names
 resolve). The model's number of classes, class names, input channels and image size follow the data
@@ -15,20 +17,20 @@ success, 2 bad input (one line on stderr), 130 interrupted, 1 internal error (tr
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
-import re
 import signal
 import sys
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
 from pytorch_lightning.callbacks.progress import ProgressBar
-from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import LightningCLI
 
 import fimvision.data.datamodule  # noqa: F401  (registers the data modules for short class names)
 import fimvision.data.domains  # noqa: F401  (registers DomainDataModule)
@@ -38,45 +40,40 @@ import fimvision.models.ssl  # noqa: F401  (registers SimCLR, MoCo, BYOL, DINO a
 import fimvision.models.stacking  # noqa: F401  (registers StackedClassifier)
 import fimvision.models.trees  # noqa: F401  (registers BoostedTrees)
 from fimvision.callbacks import EpochLines, RunGuard
-from fimvision.checkpoints import RunCheckpoint, read_checkpoint, run_folder_of
+from fimvision.checkpoints import (
+    STARTING_WEIGHTS,
+    RunCheckpoint,
+    check_checkpoint_fits,
+    read_checkpoint,
+    refuse_model_changes,
+    run_folder_of,
+)
 from fimvision.console import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USER_ERROR,
+    describe_parse_error,
     one_line,
     quiet_third_party,
     user_error_in,
 )
 from fimvision.errors import CheckpointError, ConfigError
-from fimvision.loggers import RunCSVLogger
-from fimvision.prediction import PredictionWriter
+from fimvision.loggers import RunConfigSaver, RunCSVLogger
+from fimvision.prediction import PredictionWriter, TestOutputWriter
 from fimvision.tracking import WandbTracking
 
-__all__ = ["FimvisionCLI", "RunCheckpoint", "RunCSVLogger", "build_cli", "fit_and_test", "main"]
+__all__ = ["FimvisionCLI", "FitAndTest", "RunCheckpoint", "RunCSVLogger", "build_cli", "describe_parse_error",
+           "fit_and_test", "main", "parse_config"]
 
-# Model arguments that come from the data module (links): after instantiation they must match the checkpoint's
-# (the error names the data setting that fits it).
-CHECKPOINT_CONTRACT = ("num_classes", "in_chans", "class_names", "img_size", "feature_names", "num_features")
-# Model arguments that say how to evaluate, not what was trained, are each model class's ClassVar
-# `evaluation_hparams`. With --ckpt_path, every other model argument is the checkpoint's: a command that sets one
-# to another value is refused (see FimvisionCLI._check_given_options).
-# Model arguments that only say where starting weights come from: a full checkpoint (--ckpt_path)
-# supersedes them, so they are not loaded again (no hub download, no need to keep the files).
-STARTING_WEIGHTS = {"pretrained": False, "weights": None, "backbone_checkpoint": None}
-# Starting-weight arguments a checkpoint makes moot without clearing them (the adaptation models read the
-# source model's settings from it); neither applied nor refused with --ckpt_path.
-MOOT_WITH_CHECKPOINT = (*STARTING_WEIGHTS, "source_checkpoint")
 # Trainer arguments whose int means batches and float a fraction: Lightning annotates them float-first,
 # so "1" would become 1.0 (all batches).
 INT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
                    "overfit_batches", "val_check_interval")
-# Options that moved: where a config or command line that uses the old place should look now.
-MOVED_OPTIONS = {
-    "fewshot_batch_size": "--data.init_args.fewshot_batch_size (a loader setting of DomainDataModule)",
-    "val_every": "--data.init_args.fewshot_batches (few-shot batches between validations, on DomainDataModule)",
-}
 # Loggers whose folder is save_dir/name/version and that fimvision can point at an existing run folder.
 FOLDER_LOGGERS = ("RunCSVLogger", "CSVLogger", "TensorBoardLogger")
+# The links from the data module to the model: data attribute -> model init argument.
+DATA_TO_MODEL = {"num_classes": "num_classes", "classes": "class_names", "in_chans": "in_chans",
+                 "image_size": "img_size", "num_features": "num_features", "feature_names": "feature_names"}
 
 DESCRIPTION = """\
 fimvision: train, evaluate and apply image classifiers for flow imaging microscopy (FIM) pictures of
@@ -95,60 +92,8 @@ examples:
 exit status: 0 success, 2 bad input or settings (one line on stderr), 130 interrupted, 1 internal error."""
 
 
-# The parsers of the CLI being built, for close-match suggestions when parsing fails.
-_PARSERS: list[argparse.ArgumentParser] = []
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's help, with the description and examples kept as written."""
-
-
-class RunConfigSaver(SaveConfigCallback):
-    """Saves the resolved config in the run's folder, never over an earlier one: ``config.yaml`` for a new
-    fit, ``config_resume.yaml`` for a resumed one, ``config_test.yaml`` (``_validate``, ``_predict``) for
-    evaluations; numbered (``config_test_2.yaml``) when the name is taken."""
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.already_saved:
-            return
-        stage = str(getattr(stage, "value", stage))
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        resumed = stage == "fit" and bool(self.config.get("ckpt_path"))
-        stem = "config" if stage == "fit" and not resumed else f"config_{'resume' if resumed else stage}"
-        name, n = f"{stem}.yaml", 2
-        if trainer.is_global_zero:
-            while (log_dir / name).exists():
-                name, n = f"{stem}_{n}.yaml", n + 1
-        self.config_filename = trainer.strategy.broadcast(name)
-        self.path = log_dir / self.config_filename
-        super().setup(trainer, pl_module, stage)
-
-    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Rank 0 only: no collective calls here (trainer.log_dir would be one).
-        # The file goes with the W&B run too (the run config already holds its values).
-        path = self.path
-        for run in WandbTracking.runs(trainer):
-            run.save(str(path), base_path=str(path.parent), policy="now")
-
-
-def _close(word: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
-    return f" Did you mean {' or '.join(match)}?" if match else ""
-
-
-def _class_options(class_path: str) -> list[str]:
-    """The init arguments a class accepts (through **kwargs to its bases too), as jsonargparse sees them."""
-    from jsonargparse import ArgumentParser
-    from jsonargparse._typehints import resolve_class_path_by_name
-
-    try:
-        module, _, name = resolve_class_path_by_name(pl.LightningModule, class_path).rpartition(".")
-        cls = getattr(__import__(module, fromlist=[name]), name)
-        parser = ArgumentParser(exit_on_error=False)
-        parser.add_class_arguments(cls, "x", fail_untyped=False)
-        return [a.dest.removeprefix("x.") for a in parser._actions if a.dest.startswith("x.")]
-    except Exception:  # a suggestion is a courtesy; never fail the error message on it
-        return []
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -167,68 +112,6 @@ def _model_class(class_path: str) -> type | None:
         return None
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as plain data for comparing a given option with a checkpoint's (namespaces and tuples unwrapped)."""
-    if isinstance(value, Namespace):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _show(value: Any) -> str:
-    """A value as a user would type it on the command line."""
-    import json
-
-    return value if isinstance(value, str) else json.dumps(_plain(value))
-
-
-def _type_name(text: str) -> str:
-    """'<class 'float'>' -> 'a float'; "typing.Literal['a', 'b']" -> "one of 'a', 'b'"."""
-    plain = re.fullmatch(r"<class '(?:builtins\.)?(\w+)'>", text)
-    if plain:
-        return f"a{'n' if plain.group(1)[0] in 'aeiou' else ''} {plain.group(1)}"
-    literal = re.fullmatch(r"typing\.Literal\[(.+)\]", text)
-    return f"one of {literal.group(1)}" if literal else text
-
-
-def describe_parse_error(err: BaseException, parser: argparse.ArgumentParser | None) -> str:
-    """One line for a jsonargparse error: the dotted option, what is wrong with it, and a close match."""
-    messages = []
-    cause: BaseException | None = err
-    while cause is not None and len(messages) < 20:
-        messages.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
-    text = "\n".join(messages)
-    keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', text)))
-    class_path = re.search(r"Problem with given class_path '([^']+)'", text)
-    unknown = re.search(r"Option '([^']+)' is not accepted", text)
-    key = ".".join(keys)
-    if class_path and keys:
-        key = f"{keys[0]}.init_args" + (f".{keys[1]}" if len(keys) > 1 else "")
-    if unknown:
-        option = unknown.group(1)
-        where = f"--{key}.{option}" if key else f"--{option}"
-        cls = class_path.group(1).rsplit(".", 1)[-1] if class_path else "this section"
-        if option in MOVED_OPTIONS:
-            return f"{where}: {cls} has no argument '{option}' any more; it moved to {MOVED_OPTIONS[option]}."
-        hint = _close(option, _class_options(class_path.group(1))) if class_path else ""
-        return f"{where}: {cls} has no argument '{option}'.{hint}"
-    unrecognized = re.search(r"[Uu]nrecognized arguments: (.+)", text)
-    if unrecognized:
-        given = unrecognized.group(1).split()[0].split("=")[0]
-        options = [o for p in ([parser] if parser else _PARSERS) for a in p._actions for o in a.option_strings]
-        return (f"unknown option {given}.{_close(given, sorted(set(options)))} `fimvision fit --help` lists the "
-                "options.")
-    expected = re.search(r"Expected a (.+?)\. Got value: (.+)", text)
-    if expected:
-        return f"--{key}: expected {_type_name(expected.group(1))}, got {expected.group(2).strip()!r}."
-    last = [line.strip() for line in messages[-1].splitlines() if line.strip()]
-    return (f"--{key}: " if key else "") + (last[0] if last else one_line(err))
-
-
 class FimvisionCLI(LightningCLI):
     """LightningCLI with fimvision's data-to-model links, checkpoint checks and one folder per run."""
 
@@ -237,24 +120,20 @@ class FimvisionCLI(LightningCLI):
     _args: Any = None
 
     def init_parser(self, **kwargs: Any):
-        # Errors are raised, not printed with 50 lines of usage: `main` turns them into one line.
+        # Errors are raised, not printed with 50 lines of usage: `parse_arguments` turns them into one line.
         kwargs.setdefault("exit_on_error", False)
         parser = super().init_parser(**kwargs)
         parser.allow_abbrev = False  # `--trainer.max_epoch` must not silently mean max_epochs
-        _PARSERS.append(parser)
+        self._parsers = [*getattr(self, "_parsers", []), parser]
         return parser
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.classes", "model.init_args.class_names", apply_on="instantiate")
-        parser.link_arguments("data.in_chans", "model.init_args.in_chans", apply_on="instantiate")
-        parser.link_arguments("data.image_size", "model.init_args.img_size", apply_on="instantiate")
-        parser.link_arguments("data.num_features", "model.init_args.num_features", apply_on="instantiate")
-        parser.link_arguments("data.feature_names", "model.init_args.feature_names", apply_on="instantiate")
+        for data, model in DATA_TO_MODEL.items():
+            parser.link_arguments(f"data.{data}", f"model.init_args.{model}", apply_on="instantiate")
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(RunGuard, "run_guard")
         parser.add_lightning_class_args(WandbTracking, "wandb")
-        for name in INT_OR_FRACTION:
+        for name in INT_OR_FRACTION:  # jsonargparse has no public way to change a parsed type
             action = parser._option_string_actions.get(f"--trainer.{name}")
             if action is not None and hasattr(action, "_typehint"):
                 action._typehint = int | float | None
@@ -264,12 +143,20 @@ class FimvisionCLI(LightningCLI):
         """The config of the subcommand being run (the whole config when run=False)."""
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def describe(self, err: BaseException) -> str:
+        """One line for a parse error, an unknown option matched against this CLI's options."""
+        return describe_parse_error(err, [o for p in self._parsers for a in p._actions for o in a.option_strings])
+
     def parse_arguments(self, parser, args) -> None:
         # Kept to tell the options the command gives from the defaults it leaves (see _given_model_args).
         self._args = sys.argv[1:] if args is None else args
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            user = user_error_in(err)
+            raise ConfigError(one_line(user) if user else self.describe(err)) from err
 
-    def _parse_ckpt_path(self) -> None:
+    def _parse_ckpt_path(self) -> None:  # LightningCLI has no public hook where it loads a checkpoint's hparams
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not path:
@@ -278,12 +165,19 @@ class FimvisionCLI(LightningCLI):
         # Lightning puts the checkpoint's hyper-parameters over the command's model options. Evaluation options
         # the command gives are re-applied (`test --model.init_args.tta=true` on a model trained without it);
         # any other model option the command gives must agree with the checkpoint (refused otherwise).
-        given, evaluation = self._check_given_options(subcommand, path)
+        model = self.config[subcommand].get("model")
+        given, evaluation = {}, ()
+        if isinstance(model, Namespace) and self._checkpoint_hparams():
+            class_path = str(model.get("class_path") or "")
+            evaluation = tuple(getattr(_model_class(class_path), "evaluation_hparams", ()))
+            given = self._given_model_args(subcommand, model)
+            refuse_model_changes(path, self._checkpoint_hparams(), class_path, given, evaluation,
+                                 model.get("init_args") or Namespace())
         try:
             super()._parse_ckpt_path()
         except argparse.ArgumentError as err:
             raise CheckpointError(f"checkpoint {path} was saved by a model these settings cannot rebuild "
-                                  f"({describe_parse_error(err, None)}). Give the config it was trained with.") from err
+                                  f"({self.describe(err)}). Give the config it was trained with.") from err
         for key in evaluation:
             if key in given:
                 self.config[subcommand][f"model.init_args.{key}"] = given[key]
@@ -298,39 +192,6 @@ class FimvisionCLI(LightningCLI):
             given = model
         init = given.get("init_args") if isinstance(given, Namespace) else None
         return init.as_dict() if isinstance(init, Namespace) else {}
-
-    def _check_given_options(self, subcommand: str, path: str) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """The model options this command gives (in its config files or on its command line) and the model's
-        evaluation-time option names. Raises a ConfigError naming each given option that would change what the
-        checkpoint holds: its class, or any argument other than the evaluation-time ones."""
-        model = self.config[subcommand].get("model")
-        saved = self._checkpoint_hparams()
-        if not isinstance(model, Namespace) or not saved:
-            return {}, ()
-        class_path = str(model.get("class_path") or "")
-        evaluation = tuple(getattr(_model_class(class_path), "evaluation_hparams", ()))
-        run = run_folder_of(path)
-        config = f"{run / 'config.yaml'}" if run is not None else "the config it was trained with"
-        saved_class = saved.get("_class_path")
-        if saved_class and class_path and saved_class != class_path:
-            raise ConfigError(
-                f"--model: checkpoint {path} holds a {saved_class.rsplit('.', 1)[-1]}, but this command gives a "
-                f"{class_path.rsplit('.', 1)[-1]}. Give {config} as --config, or another checkpoint.")
-        given = self._given_model_args(subcommand, model)
-        fixed = set(evaluation) | set(MOOT_WITH_CHECKPOINT) | set(CHECKPOINT_CONTRACT)
-        wrong = {k: v for k, v in given.items() if k not in fixed and k in saved and _plain(v) != _plain(saved[k])}
-        if wrong:
-            details = "; ".join(f"--model.init_args.{k}={_show(v)} given, the checkpoint has {_show(saved[k])}"
-                                for k, v in wrong.items())
-            accepted = model.get("init_args") or Namespace()
-            options = [f"--model.init_args.{k}" for k in evaluation if k in accepted]
-            raise ConfigError(
-                f"checkpoint {path} fixes the trained model, and this command changes it: {details}. Leave "
-                f"{'it' if len(wrong) == 1 else 'them'} out (of the command line and the config files: the "
-                f"checkpoint's values are used) or give {config} as --config. With a checkpoint only evaluation "
-                f"options apply: {', '.join(options) + ' and ' if options else ''}the data, trainer and output "
-                "options.")
-        return given, evaluation
 
     def _checkpoint_hparams(self) -> dict:
         return dict((self.checkpoint or {}).get("hyper_parameters") or {})
@@ -380,6 +241,7 @@ class FimvisionCLI(LightningCLI):
         return super().instantiate_trainer(**{**needs, **kwargs})
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+        # (The one place that sees the configured callbacks before the trainer adds its default bar.)
         # Lightning's bar redraws itself with carriage returns: in a log file (stdout not a terminal: sweep agents,
         # study workers, `> log`) every update becomes text. There, one line per epoch instead.
         given = config.get("callbacks") or []
@@ -387,14 +249,17 @@ class FimvisionCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in [*given, *callbacks])
         if config.get("enable_progress_bar") is not False and not has_bar and not _is_terminal(sys.stdout):
             callbacks = [*callbacks, EpochLines()]
-        return super()._instantiate_trainer(config, callbacks)
+        return super()._instantiate_trainer(config, [*callbacks, TestOutputWriter()])
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         # The data-model contract: the data module serves what the model trains on (models/base.py).
         if hasattr(self.datamodule, "serve") and hasattr(self.model, "train_on"):
             self.datamodule.serve(self.model.train_on)
-        self._check_checkpoint_fits()
+        saved = self._checkpoint_hparams()
+        if saved:
+            check_checkpoint_fits(self.active_config.ckpt_path, saved, dict(self.model.hparams),
+                                  self.active_config.data.get("init_args", {}))
         self._add_wandb_logger()
         if self._resume_point is not None:
             for logger in self.trainer.loggers:
@@ -403,8 +268,6 @@ class FimvisionCLI(LightningCLI):
 
     def resolved_config(self) -> dict:
         """The run's whole config as plain data (what config.yaml holds)."""
-        import yaml
-
         parser = self._parser(self.subcommand)
         return yaml.safe_load(parser.dump(self.active_config, skip_none=False, skip_link_targets=False))
 
@@ -416,21 +279,7 @@ class FimvisionCLI(LightningCLI):
         logger = tracking.make_logger(self.resolved_config(), self.trainer.log_dir or self.trainer.default_root_dir)
         self.trainer.loggers = [*self.trainer.loggers, logger]
 
-    def _check_checkpoint_fits(self) -> None:
-        saved = self._checkpoint_hparams()
-        if not saved:
-            return
-        now = dict(self.model.hparams)
-        wrong = [k for k in CHECKPOINT_CONTRACT if k in saved and k in now and saved[k] != now[k]]
-        if wrong:
-            details = "; ".join(f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in wrong)
-            hints = [h for h in dict.fromkeys(self._fitting_setting(k, saved[k]) for k in wrong) if h]
-            raise CheckpointError(
-                f"checkpoint {self.active_config.ckpt_path} does not fit this data: {details}. "
-                + (f"Settings that fit it: {' '.join(hints)}; or use another checkpoint."
-                   if hints else "Use the data settings it was trained with, or another checkpoint."))
-
-    def _run_subcommand(self, subcommand: str) -> None:
+    def _run_subcommand(self, subcommand: str) -> None:  # after_<subcommand> hooks are skipped when it fails
         try:
             super()._run_subcommand(subcommand)
         finally:  # a W&B run ends with its command (in-process callers run many commands in one process)
@@ -442,26 +291,6 @@ class FimvisionCLI(LightningCLI):
             if isinstance(callback, PredictionWriter):
                 callback.check_output(self.trainer)
 
-    def _fitting_setting(self, key: str, value: Any) -> str:
-        """The data setting that gives the model argument ``key`` the checkpoint's ``value``."""
-        args = self.active_config.data.get("init_args", {})
-        if key == "img_size":
-            return f"--data.init_args.image_size={value}"
-        if key == "feature_names":
-            return f"--data.init_args.features=[{','.join(value or [])}]" if value else "--data.init_args.features=null"
-        if key in ("class_names", "num_classes"):
-            saved = self._checkpoint_hparams().get("class_names")
-            return f"--data.init_args.classes=[{','.join(saved)}]" if saved else ""
-        if key == "in_chans":
-            if "modality" in args and "mono_channels" in args:
-                return ("--data.init_args.modality=color" if value == 3 and args.get("modality") == "mono"
-                        and args.get("mono_channels") != 3 else
-                        "--data.init_args.modality=mono --data.init_args.mono_channels=1" if value == 1 else
-                        "--data.init_args.mono_channels=3")
-            if "channels" in args:
-                return f"--data.init_args.channels={value}"
-        return ""
-
 
 class _ParseOnlyCLI(FimvisionCLI):
     """The CLI's parser and checks of keys and types, instantiating nothing."""
@@ -469,7 +298,7 @@ class _ParseOnlyCLI(FimvisionCLI):
     def _parse_ckpt_path(self) -> None:
         pass
 
-    def _set_seed(self) -> None:
+    def _set_seed(self) -> None:  # no public switch: parsing must not reseed the caller's random state
         pass
 
     def before_instantiate_classes(self) -> None:
@@ -485,21 +314,15 @@ class _ParseOnlyCLI(FimvisionCLI):
 def parse_config(args: list[str]) -> Namespace:
     """The config `fimvision fit ARGS` would run, parsed (keys and types checked) but not instantiated.
     Raises a ConfigError with the one-line description of what is wrong."""
-    _PARSERS.clear()
-    try:
-        return _ParseOnlyCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
-                             subclass_mode_data=True, run=False, save_config_callback=None,
-                             args=[str(a) for a in args]).config
-    except argparse.ArgumentError as err:
-        user = user_error_in(err)
-        raise ConfigError(one_line(user) if user else describe_parse_error(err, None)) from err
+    return _ParseOnlyCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True,
+                         subclass_mode_data=True, run=False, save_config_callback=None,
+                         args=[str(a) for a in args]).config
 
 
 def build_cli(args: list[str] | None = None, *, run: bool = True) -> FimvisionCLI:
     """The `fimvision` CLI on ``args`` (default: the command line); ``run=False`` (no subcommand) only builds
-    the trainer, model and data module, for programs that drive them (the demo, benchmarks)."""
+    the trainer, model and data module, for programs that drive them (benchmarks)."""
     argv = sys.argv
-    _PARSERS.clear()
     if args is not None:  # explicit args: the caller's own command line is not ours to parse or warn about
         sys.argv = argv[:1]
     try:
@@ -512,13 +335,28 @@ def build_cli(args: list[str] | None = None, *, run: bool = True) -> FimvisionCL
         sys.argv = argv
 
 
-def fit_and_test(args: list[str]) -> tuple[dict[str, float], Path, FimvisionCLI]:
-    """`fimvision fit ARGS` then `test` on the best checkpoint, in this process (the demo drives several runs
-    without paying the imports again). Returns the test metrics, the run folder and the CLI."""
-    cli = build_cli(args, run=False)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    metrics = dict(cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0])
-    return metrics, Path(cli.trainer.log_dir or cli.trainer.default_root_dir), cli
+@dataclass
+class FitAndTest:
+    """What :func:`fit_and_test` ran: the fit's CLI, its run folder, the tested checkpoint (the best, else the
+    last; "" when none was written) and the test metrics (empty when not tested)."""
+
+    fit: FimvisionCLI
+    folder: Path
+    checkpoint: str
+    test_metrics: dict[str, float]
+
+
+def fit_and_test(args: list[str], *, test: bool = True) -> FitAndTest:
+    """`fimvision fit ARGS`, then `fimvision test ARGS --ckpt_path=<its best, else last checkpoint>`, in this process
+    (the demo and studies run many without paying the imports again)."""
+    fit = build_cli(["fit", *args])
+    callback = fit.trainer.checkpoint_callback
+    checkpoint = (callback.best_model_path or callback.last_model_path) if callback else ""
+    metrics: dict[str, float] = {}
+    if test and checkpoint:
+        tested = build_cli(["test", *args, f"--ckpt_path={checkpoint}"])
+        metrics = {k: float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test_")}
+    return FitAndTest(fit, Path(fit.trainer.log_dir or fit.trainer.default_root_dir), checkpoint, metrics)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -543,9 +381,8 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except argparse.ArgumentError as err:
-        user = user_error_in(err)
-        print(f"error: {one_line(user) if user else describe_parse_error(err, None)}", file=sys.stderr)
+    except argparse.ArgumentError as err:  # raised outside the parsing FimvisionCLI describes itself
+        print(f"error: {describe_parse_error(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as err:
         user = user_error_in(err)

@@ -1,4 +1,4 @@
-"""Exit codes and argument parsing shared by every console script and ``tools/`` script.
+"""Exit codes, argument parsing and one-line error descriptions shared by every console script and ``tools/`` script.
 
 0 success; 2 a user error (:class:`~fimvision.errors.FimvisionError`), reported as one line
 ``error: ...`` on stderr; 130 interrupted (Ctrl-C); 1 an unexpected internal error, with its traceback.
@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -123,3 +125,77 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # jsonargparse warns when args are passed in-process, which is how the demo and the study runner call the CLI.
     warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
+
+
+# --- jsonargparse's errors (the `fimvision` CLI, study files), described in one line
+# Options that moved: where a config or command line that uses the old place should look now.
+MOVED_OPTIONS = {
+    "fewshot_batch_size": "--data.init_args.fewshot_batch_size (a loader setting of DomainDataModule)",
+    "val_every": "--data.init_args.fewshot_batches (few-shot batches between validations, on DomainDataModule)",
+}
+
+
+def close_match(word: str, options: Sequence[str]) -> str:
+    """" Did you mean X?" for the closest of ``options`` to ``word``, or ""."""
+    match = difflib.get_close_matches(word, list(options), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(match)}?" if match else ""
+
+
+def _class_options(class_path: str) -> list[str]:
+    """The init arguments a model class accepts (through **kwargs to its bases too), as jsonargparse sees them."""
+    import pytorch_lightning as pl
+    from jsonargparse import ArgumentParser
+    from jsonargparse._typehints import resolve_class_path_by_name  # the CLI's own short-name resolution
+
+    try:
+        module, _, name = resolve_class_path_by_name(pl.LightningModule, class_path).rpartition(".")
+        cls = getattr(__import__(module, fromlist=[name]), name)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "x", fail_untyped=False)
+        return [a.dest.removeprefix("x.") for a in parser._actions if a.dest.startswith("x.")]
+    except Exception:  # a suggestion is a courtesy; never fail the error message on it
+        return []
+
+
+def _type_name(text: str) -> str:
+    """'<class 'float'>' -> 'a float'; "typing.Literal['a', 'b']" -> "one of 'a', 'b'"."""
+    plain = re.fullmatch(r"<class '(?:builtins\.)?(\w+)'>", text)
+    if plain:
+        return f"a{'n' if plain.group(1)[0] in 'aeiou' else ''} {plain.group(1)}"
+    literal = re.fullmatch(r"typing\.Literal\[(.+)\]", text)
+    return f"one of {literal.group(1)}" if literal else text
+
+
+def describe_parse_error(err: BaseException, options: Sequence[str] = ()) -> str:
+    """One line for a jsonargparse error: the dotted option, what is wrong with it, and a close match (an unknown
+    command-line option is matched against ``options``)."""
+    messages = []
+    cause: BaseException | None = err
+    while cause is not None and len(messages) < 20:
+        messages.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = "\n".join(messages)
+    keys = list(dict.fromkeys(re.findall(r'Parser key "([^"]+)"', text)))
+    class_path = re.search(r"Problem with given class_path '([^']+)'", text)
+    unknown = re.search(r"Option '([^']+)' is not accepted", text)
+    key = ".".join(keys)
+    if class_path and keys:
+        key = f"{keys[0]}.init_args" + (f".{keys[1]}" if len(keys) > 1 else "")
+    if unknown:
+        option = unknown.group(1)
+        where = f"--{key}.{option}" if key else f"--{option}"
+        cls = class_path.group(1).rsplit(".", 1)[-1] if class_path else "this section"
+        if option in MOVED_OPTIONS:
+            return f"{where}: {cls} has no argument '{option}' any more; it moved to {MOVED_OPTIONS[option]}."
+        hint = close_match(option, _class_options(class_path.group(1))) if class_path else ""
+        return f"{where}: {cls} has no argument '{option}'.{hint}"
+    unrecognized = re.search(r"[Uu]nrecognized arguments: (.+)", text)
+    if unrecognized:
+        given = unrecognized.group(1).split()[0].split("=")[0]
+        return (f"unknown option {given}.{close_match(given, sorted(set(options)))} `fimvision fit --help` lists the "
+                "options.")
+    expected = re.search(r"Expected a (.+?)\. Got value: (.+)", text)
+    if expected:
+        return f"--{key}: expected {_type_name(expected.group(1))}, got {expected.group(2).strip()!r}."
+    last = [line.strip() for line in messages[-1].splitlines() if line.strip()]
+    return (f"--{key}: " if key else "") + (last[0] if last else one_line(err))

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def train_and_test(row: str, args: argparse.Namespace) -> tuple[dict, Path, str]:
     """Fit the ResNet-18 config of demo row ``row`` and test its best checkpoint; metrics, confusion PNG, held-out group."""
     config, extra = ROWS[row]
-    metrics, run_dir, cli = fit_and_test([
+    done = fit_and_test([
         "--config", str(CONFIGS / f"{config}.yaml"),
         f"--seed_everything={args.seed}",
         f"--data.init_args.root={args.data}",
@@ -62,8 +62,8 @@ def train_and_test(row: str, args: argparse.Namespace) -> tuple[dict, Path, str]
         f"--trainer.logger.init_args.name={row}",
         *extra,
     ])
-    held_out = sorted(cli.datamodule.manifest.frame["group"].unique())[args.fold]
-    return metrics, run_dir / "confusion_matrix.png", held_out
+    held_out = sorted(done.fit.datamodule.manifest.frame["group"].unique())[args.fold]
+    return done.test_metrics, done.folder / "confusion_matrix.png", held_out
 
 
 def main(argv: list[str] | None = None) -> int:

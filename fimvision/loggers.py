@@ -3,7 +3,8 @@
 :class:`RunCSVLogger` is Lightning's CSV logger with two changes: a new run claims its version folder
 with an atomic ``mkdir`` (two runs started at the same moment in one working directory never share a
 folder), and a run continued in its own folder (resume, ``test``, ``predict`` on its checkpoint)
-appends to ``metrics.csv`` instead of deleting it.
+appends to ``metrics.csv`` instead of deleting it. :class:`RunConfigSaver` saves each command's resolved config
+beside them, never over an earlier one.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import logging
 import os
 from pathlib import Path
 
+import pytorch_lightning as pl
 from lightning_fabric.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from fimvision.tracking import WandbTracking
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +103,31 @@ class RunCSVLogger(CSVLogger):
             if removed:
                 log.info("metrics.csv: removed %d row(s) logged after the checkpoint (epoch %d, step %d); the "
                          "resumed run logs them again", removed, epoch, step)
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the resolved config in the run's folder, never over an earlier one: ``config.yaml`` for a new
+    fit, ``config_resume.yaml`` for a resumed one, ``config_test.yaml`` (``_validate``, ``_predict``) for
+    evaluations; numbered (``config_test_2.yaml``) when the name is taken."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        stage = str(getattr(stage, "value", stage))
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        resumed = stage == "fit" and bool(self.config.get("ckpt_path"))
+        stem = "config" if stage == "fit" and not resumed else f"config_{'resume' if resumed else stage}"
+        name, n = f"{stem}.yaml", 2
+        if trainer.is_global_zero:
+            while (log_dir / name).exists():
+                name, n = f"{stem}_{n}.yaml", n + 1
+        self.config_filename = trainer.strategy.broadcast(name)
+        self.path = log_dir / self.config_filename
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Rank 0 only: no collective calls here (trainer.log_dir would be one).
+        # The file goes with the W&B run too (the run config already holds its values).
+        path = self.path
+        for run in WandbTracking.runs(trainer):
+            run.save(str(path), base_path=str(path.parent), policy="now")

@@ -1,4 +1,5 @@
-"""What `fimvision predict` writes: per-particle probabilities, per-sample verdicts and compositions."""
+"""What `fimvision predict` and `test` write: per-particle probabilities, per-sample verdicts and compositions;
+the test predictions and confusion matrix."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fimvision.composition import sample_composition
 from fimvision.data.manifest import Manifest
 from fimvision.errors import ConfigError, DataError, OutputExistsError
 from fimvision.files import write_atomically
-from fimvision.plots import plt
+from fimvision.plots import confusion_matrix_png, plt
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +222,47 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
         composition = sample_composition(particles, classes, confusion=confusion, volumes=volumes,
                                          n_boot=self.bootstrap, seed=self.seed)
         return sample_verdicts(particles, classes).merge(composition, on="sample", validate="one_to_one")
+
+
+class TestOutputWriter(pl.Callback):
+    """What `fimvision test` writes into the run's folder besides the metrics: ``test_predictions.csv`` (one row a
+    test image: index, target, predicted class, confidence and calibrated class probabilities, with the manifest's
+    particle id, sample and group), ``confusion_matrix.csv`` (rows true, columns predicted) and
+    ``confusion_matrix.png``. Several devices: rank 0 gathers every process's rows and writes."""
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if isinstance(outputs, dict) and "logits" in outputs:
+            self._rows.append((outputs["index"].cpu(), outputs["target"].cpu(), outputs["logits"].float().cpu()))
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the model's on_test_epoch_end, which leaves the synchronised confusion matrix.
+        result = getattr(pl_module, "test_confusion_result", None)
+        out = Path(trainer.log_dir or trainer.default_root_dir)  # a collective call: on every process
+        parts = [tuple(torch.cat(c) for c in zip(*self._rows, strict=True))] if getattr(self, "_rows", None) else []
+        if trainer.world_size > 1:
+            gathered: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [p for rank in gathered for p in rank]
+        if result is None or not parts or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        matrix, classes = result
+        index, target, logits = (torch.cat(c) for c in zip(*parts, strict=True))
+        index, first = np.unique(index.numpy(), return_index=True)  # sorted; samplers may repeat rows
+        probs = pl_module.calibrated_probs(logits[first]).numpy()
+        frame = pd.DataFrame({"index": index, "target": target.numpy()[first], "predicted": probs.argmax(axis=1),
+                              "confidence": probs.max(axis=1)})
+        for i, name in enumerate(classes):
+            frame[f"prob_{name}"] = probs[:, i]
+        manifest = getattr(trainer.datamodule, "manifest", None)
+        if manifest is not None:
+            rows = manifest.frame.iloc[index]
+            for column in ("particle_id", "sample", "group"):
+                if column in rows:
+                    frame[column] = rows[column].to_numpy()
+        confusion_matrix_png(matrix, classes, out / "confusion_matrix.png",
+                             title=f"{pl_module.describe()}, {pl_module.hparams.in_chans}-channel input: test set")
+        pd.DataFrame(matrix, index=classes, columns=classes).rename_axis("true").to_csv(out / "confusion_matrix.csv")
+        frame.to_csv(out / "test_predictions.csv", index=False, float_format="%.6g")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fimvision.checkpoints import STARTING_WEIGHTS
 from fimvision.efficiency.attention import attention_modules, set_attention_backend
 from fimvision.errors import FimvisionError
 
@@ -104,8 +105,6 @@ def copy_module(model: nn.Module) -> nn.Module:
     except RuntimeError:
         if not hasattr(model, "hparams"):
             raise
-        from fimvision.cli import STARTING_WEIGHTS
-
         clone = type(model)(**{k: STARTING_WEIGHTS.get(k, v) for k, v in model.hparams.items()})
         clone.load_state_dict(model.state_dict())
         return clone

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from jsonargparse import ArgumentParser, Namespace
 
+from fimvision.cli import DATA_TO_MODEL, parse_config
 from fimvision.errors import FimvisionError
 from fimvision.models.base import class_names_for
 
@@ -62,8 +63,6 @@ def images_of(batch: dict) -> torch.Tensor:
 
 
 def _parse(config: str | Path, overrides: list[str]) -> Namespace:
-    from fimvision.cli import parse_config
-
     if not Path(config).is_file():
         raise FimvisionError(f"config file {config} does not exist.")
     return parse_config(["--config", str(config), *overrides])
@@ -108,14 +107,14 @@ def load_target(config: str | Path, overrides: list[str] | None = None, *, num_c
     datamodule = None
     if use_data and root and Path(root).exists():
         datamodule = _instantiate("data", pl.LightningDataModule, data_section)
-        image_size, in_chans = int(datamodule.image_size), int(datamodule.in_chans)
-        n, names = int(datamodule.num_classes), list(datamodule.classes)
+        # The CLI's links, from the same table (features included).
+        linked = {model: getattr(datamodule, data) for data, model in DATA_TO_MODEL.items() if hasattr(datamodule, data)}
     else:
         image_size, in_chans, n, names = _data_fields(data_section, num_classes)
         log.info("no dataset at %s: synthetic %d-channel %d px input, %d classes", root, in_chans, image_size, n)
-    # The CLI's links (fimvision.cli.FimvisionCLI.add_arguments_to_parser), applied by hand.
-    for key, value in (("num_classes", n), ("class_names", names), ("in_chans", in_chans), ("img_size", image_size)):
-        model_section.init_args[key] = value
+        linked = {"num_classes": n, "class_names": names, "in_chans": in_chans, "img_size": image_size}
+    for key, value in linked.items():
+        model_section.init_args[key] = list(value) if isinstance(value, tuple | list) else value
     module = _instantiate("model", pl.LightningModule, model_section)
     if datamodule is not None and hasattr(datamodule, "serve"):  # the data-model contract, as the CLI applies it
         datamodule.serve(module.train_on)

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fimvision.errors import ConfigError
-from fimvision.models.base import FimvisionTask
+from fimvision.models.classification import ClassificationTask
 from fimvision.models.fusion import FeatureScaler, feature_encoder
 
 
-class ParticleClassifier(FimvisionTask):
+class ParticleClassifier(ClassificationTask):
     """A timm model trained to classify particles (e.g. by stress source), from the image alone or with the
     particle's numeric features (``num_features`` > 0, linked from the data module's ``features``): then
     the image embedding and a small MLP's embedding of the standardised features are joined before the
@@ -28,7 +28,8 @@ class ParticleClassifier(FimvisionTask):
         features_only: classify from the features alone (no image network): the features-only branch of
             a fused model, for comparisons.
         feature_hidden: width of the features' MLP embedding.
-        **kwargs: the arguments of :class:`~fimvision.models.base.FimvisionTask` (backbone, starting
+        **kwargs: the arguments of :class:`~fimvision.models.classification.ClassificationTask` (tta, calibrate) and
+            :class:`~fimvision.models.base.FimvisionTask` (backbone, starting
             weights, optimizer and schedule, and the data-linked num_classes, class_names, in_chans, img_size,
             num_features, feature_names).
     """

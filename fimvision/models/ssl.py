@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from fimvision.data.ssl_data import SSLDataModule  # noqa: F401  (their data module: registers its short name)
 from fimvision.errors import ConfigError
 from fimvision.losses import embedding_std, symmetric_byol_loss
-from fimvision.models.base import FimvisionTask, labelled_metrics
+from fimvision.models.base import FimvisionTask
+from fimvision.models.classification import labelled_metrics
 from fimvision.models.optim import OptimizerName
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class SSLModule(FimvisionTask):
     """
 
     train_on = "views"
-    evaluation_hparams = ("tta", "calibrate", "knn_k", "knn_t")
+    evaluation_hparams = ("knn_k", "knn_t")
 
     def __init__(self, optimizer: OptimizerName = "lars", lr: float = 0.3, weight_decay: float = 1e-6,
                  ema_base: float = 0.99, ema_end: float = 1.0, knn_k: int = 20, knn_t: float = 0.07,
@@ -104,7 +105,6 @@ class SSLModule(FimvisionTask):
 
     def configure_metrics(self) -> None:
         n = self.hparams.num_classes
-        self.val_metrics = self.test_metrics = None
         # Every process scores the whole gathered validation set: nothing to synchronise.
         self.knn_metrics = labelled_metrics(n, sync_on_compute=False).clone(prefix="val_knn_") if n >= 2 else None
 

@@ -20,7 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from torch import Tensor
 
 from fimvision.errors import CheckpointError, ConfigError
-from fimvision.models.base import FimvisionTask
+from fimvision.models.classification import ClassificationTask
 
 # Probability floor before the log: trees say 0 for a class they never saw.
 MIN_PROB = 1e-6
@@ -70,7 +70,7 @@ def need_features(name: str, num_features: int) -> None:
                           "`features: instrument` (or a list of columns) on the data module.")
 
 
-class BoostedTrees(FimvisionTask):
+class BoostedTrees(ClassificationTask):
     """Gradient-boosted trees on the instrument features alone (no image), fitted on the training and validation
     particles like ``fimvision-baseline``. Validation scores are therefore in-sample (they select nothing here).
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from fimvision.console import describe_parse_error
 from fimvision.errors import ConfigError
 
 TEST_ONLY = "test-only"
@@ -189,9 +190,7 @@ def load_study(path: str | Path) -> StudyConfig:
     try:
         study = parser.instantiate_classes(parser.parse_object({"study": raw})).study
     except Exception as err:  # jsonargparse names the unknown key or the wrong type
-        from fimvision.cli import describe_parse_error
-
-        message = describe_parse_error(err, None).replace("--study.", "").replace(".init_args", "")
+        message = describe_parse_error(err).replace("--study.", "").replace(".init_args", "")
         raise ConfigError(f"{path}: {message}") from err
     from fimvision.data.synthetic import SyntheticConfig
 

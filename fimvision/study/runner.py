@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from fimvision.cli import build_cli, fit_and_test, parse_config
 from fimvision.console import tqdm_disable
 from fimvision.errors import ConfigError, FimvisionError
 from fimvision.files import write_atomically
@@ -204,7 +205,6 @@ class StudyRunner:
         """Parse every run's settings, check every dataset it names (but those of ``not_yet``, folders still to
         be generated) and that no finished run was made with other arguments, before anything runs; raises a
         ConfigError naming the run. Writes nothing."""
-        from fimvision.cli import parse_config
         from fimvision.data.domains.readers import root_kind
         from fimvision.data.manifest import load_manifest
 
@@ -247,8 +247,6 @@ class StudyRunner:
 
     def execute(self, run: RunSpec) -> dict:
         """Fit and test one run (its needs must be done); writes and returns its result."""
-        from fimvision.cli import build_cli
-
         folder = self.folder(run)
         shutil.rmtree(folder, ignore_errors=True)  # what a crashed attempt left
         args = self._arguments(run)
@@ -259,18 +257,17 @@ class StudyRunner:
             checkpoint = next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt_path=")), "")
             cli = build_cli(["test", *args])
         else:
-            cli = build_cli(["fit", *args])
-            callback = cli.trainer.checkpoint_callback
-            checkpoint = (callback.best_model_path or callback.last_model_path) if callback else ""
+            done = fit_and_test(args, test=run.test)
+            cli, checkpoint = done.fit, done.checkpoint
             last = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val_")}
             metrics.update(checkpoint_metrics(folder, checkpoint) if checkpoint else {})
             if not any(k.startswith("val_") for k in metrics):  # no metrics.csv: the last epoch's, said so
                 log.warning("run %s: no validation logged for its checkpoint; val_* are the last epoch's", run.id)
                 metrics.update(last)
             metrics["steps"] = cli.trainer.global_step
-            if run.test and checkpoint:
-                cli = build_cli(["test", *args, f"--ckpt_path={checkpoint}"])
-        metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test_")})
+            metrics.update(done.test_metrics)
+        if run.test_only:
+            metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test_")})
         result = {"run": run.id, "stage": run.stage, **run.axis_values, **metrics, "checkpoint": checkpoint,
                   "run_dir": str(folder), "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
                   "finished": time.time(), "args": relative_args(run.args, self.study.folder)}

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from fimvision.checkpoints import read_checkpoint
 from fimvision.errors import CheckpointError
 from fimvision.models.backbones import create_backbone
-from fimvision.models.base import FimvisionTask, class_names_for
+from fimvision.models.base import class_names_for
+from fimvision.models.classification import ClassificationTask
 from fimvision.models.optim import OptimizerName, SchedulerName
 
 # Source-model arguments an adapted model must share with the data it adapts on.
@@ -41,7 +42,7 @@ class SHOTNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-class SourceModel(FimvisionTask):
+class SourceModel(ClassificationTask):
     """A SHOT-style network trained on the source domain only (label-smoothed cross-entropy).
 
     Validation is on held-out source images; ``test`` reports the unadapted model on the target test part
@@ -102,7 +103,7 @@ def load_source(path: str | None, num_classes: int, class_names: list[str] | Non
     return net, saved
 
 
-class AdaptedTask(FimvisionTask):
+class AdaptedTask(ClassificationTask):
     """Base of the adaptation methods: the source network from ``source_checkpoint`` (checked against the
     target data), instead of a fresh backbone.
 
