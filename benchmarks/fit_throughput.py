@@ -95,7 +95,7 @@ def main() -> None:
               f"ratio {fit_rates[-1] / plain_rates[-1]:.3f}", flush=True)
     fit, plain = statistics.median(fit_rates), statistics.median(plain_rates)
     pair_ratio = statistics.median(f / p for f, p in zip(fit_rates, plain_rates, strict=True))
-    print(f"\n{args.config.name}, batch {cli.datamodule.batch_size}, {cli.datamodule.image_size} px, "
+    print(f"\n{args.config.name}, batch {cli.datamodule.hparams.batch_size}, {cli.datamodule.image_size} px, "
           f"{torch.get_num_threads()} threads, {args.steps} timed steps x {args.repeats}")
     print(f"fimvision fit: {fit:.1f} img/s (median)   plain PyTorch: {plain:.1f} img/s   ratio of medians: "
           f"{fit / plain:.3f}   median of paired ratios: {pair_ratio:.3f}")

@@ -95,29 +95,9 @@ class ParticleDataModule(FimvisionDataModule):
         allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.root = root
-        self.modality = modality
-        self.luminance = luminance
-        self.mono_channels = mono_channels
-        self.image_size = image_size
-        self.keep_scale = keep_scale
-        self.split = split
-        self.fold = fold
-        self.n_folds = n_folds
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.seed = seed
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.augment = augment
-        self.augment_strength = augment_strength
-        self.color_norm = color_norm
-        self.tint = tint
-        self.sampler = sampler
+        self.save_hyperparameters()  # the one copy of the settings: self.hparams
         if not 0 < label_fraction <= 1:
             raise ConfigError(f"label_fraction must be in (0, 1], got {label_fraction}.")
-        self.label_fraction = label_fraction
         # Read (not decode) the manifest now: the model's number of classes is linked to it.
         self.manifest: Manifest = load_manifest(root, classes=classes,
                                                require_labels=self.require_labels and classes is None,
@@ -126,6 +106,11 @@ class ParticleDataModule(FimvisionDataModule):
         self._images: np.ndarray | None = None
         self._features: np.ndarray | None = None
         self.datasets: dict[str, ParticleDataset] = {}
+
+    @property
+    def image_size(self) -> int:
+        """Side of the model input (linked to the model's img_size)."""
+        return self.hparams.image_size
 
     @property
     def classes(self) -> list[str]:
@@ -138,14 +123,15 @@ class ParticleDataModule(FimvisionDataModule):
     @property
     def in_chans(self) -> int:
         """Channels the model receives."""
-        return 3 if self.modality == "color" else self.mono_channels
+        return 3 if self.hparams.modality == "color" else self.hparams.mono_channels
 
     def _decode(self) -> np.ndarray:
         if self._images is None:
             sizes = np.zeros(len(self.manifest.frame), dtype=np.float32)
-            self._images = decode_images(self.manifest, range(len(self.manifest.frame)), image_size=self.image_size,
-                                         keep_scale=self.keep_scale, modality=self.modality,
-                                         luminance_formula=self.luminance, color_norm=self.color_norm, sizes=sizes)
+            h = self.hparams
+            self._images = decode_images(self.manifest, range(len(self.manifest.frame)), image_size=h.image_size,
+                                         keep_scale=h.keep_scale, modality=h.modality, luminance_formula=h.luminance,
+                                         color_norm=h.color_norm, sizes=sizes)
             if self.feature_names and self._features is None:
                 self._features = feature_matrix(self.manifest, self.feature_names, crop_sizes=sizes)
         return self._images
@@ -165,10 +151,10 @@ class ParticleDataModule(FimvisionDataModule):
         return self.features()[self.datasets["train"].positions]
 
     def _dataset(self, rows: np.ndarray, train: bool) -> ParticleDataset:
-        mono = self.modality == "mono"
-        if train and self.augment:
-            s = self.augment_strength
-            transform = train_transform(self.in_chans, mono, brightness=s, contrast=s, tint=self.tint)
+        mono = self.hparams.modality == "mono"
+        if train and self.hparams.augment:
+            s = self.hparams.augment_strength
+            transform = train_transform(self.in_chans, mono, brightness=s, contrast=s, tint=self.hparams.tint)
         else:
             transform = eval_transform(self.in_chans, mono)
         targets = np.asarray(self.manifest.targets())[rows]
@@ -189,16 +175,17 @@ class ParticleDataModule(FimvisionDataModule):
         split_of = np.full(len(frame), "", dtype=object)
         if len(labelled):
             notes: list[str] = []
-            splits = assign_splits(frame.iloc[labelled], self.split, fold=self.fold, n_folds=self.n_folds,
-                                   val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed,
+            h = self.hparams
+            splits = assign_splits(frame.iloc[labelled], h.split, fold=h.fold, n_folds=h.n_folds,
+                                   val_fraction=h.val_fraction, test_fraction=h.test_fraction, seed=h.seed,
                                    notes=notes)
             for warning in rare_class_warnings(frame.iloc[labelled], splits):
-                log.warning("split '%s' (fold %d): %s", self.split, self.fold, warning)
-            if self.label_fraction < 1:
-                splits = subsample_labels(frame.iloc[labelled], splits, self.label_fraction, seed=self.seed)
-                notes.append(f"training on {self.label_fraction:.0%} of the training labels ('unused' column)")
+                log.warning("split '%s' (fold %d): %s", self.hparams.split, self.hparams.fold, warning)
+            if self.hparams.label_fraction < 1:
+                splits = subsample_labels(frame.iloc[labelled], splits, self.hparams.label_fraction, seed=self.hparams.seed)
+                notes.append(f"training on {self.hparams.label_fraction:.0%} of the training labels ('unused' column)")
             split_of[labelled] = np.where(splits == "unused", "", splits)
-            log.info("split '%s' (fold %d), particles per class:\n%s%s", self.split, self.fold,
+            log.info("split '%s' (fold %d), particles per class:\n%s%s", self.hparams.split, self.hparams.fold,
                      describe(frame.iloc[labelled], splits).to_string(), "".join(f"\n{n}" for n in notes))
         return split_of
 
@@ -210,7 +197,7 @@ class ParticleDataModule(FimvisionDataModule):
         usable = split_of == ""
         if "split" in frame.columns:
             usable &= ~frame["split"].isin(["val", "test"]).to_numpy()
-        if self.split != "random":  # grouped splits: the test set's samples and groups are held out whole
+        if self.hparams.split != "random":  # grouped splits: the test set's samples and groups are held out whole
             for column in ("sample", "group"):
                 if column in frame.columns:
                     held_out = set(frame[column].to_numpy()[split_of == "test"])
@@ -229,19 +216,21 @@ class ParticleDataModule(FimvisionDataModule):
         return self.datasets[split].targets
 
     def _loader(self, name: str) -> torch.utils.data.DataLoader:
-        return self.evaluation_loader(self.datasets[name], batch_size=self.batch_size, num_workers=self.num_workers)
+        h = self.hparams
+        return self.evaluation_loader(self.datasets[name], batch_size=h.batch_size, num_workers=h.num_workers)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         data = self.datasets["train"]
         sampler = None
-        if self.sampler == "balanced":
+        if self.hparams.sampler == "balanced":
             # Each class drawn equally often: weight 1 / (particles of its class).
             counts = np.bincount(data.targets, minlength=self.num_classes)
             sampler = torch.utils.data.WeightedRandomSampler(
                 torch.as_tensor(1.0 / counts[data.targets], dtype=torch.double), num_samples=len(data),
                 replacement=True)
-        return self.training_loader(data, batch_size=self.batch_size, num_workers=self.num_workers, sampler=sampler,
-                                    drop_last=len(data) > self.batch_size)
+        h = self.hparams
+        return self.training_loader(data, batch_size=h.batch_size, num_workers=h.num_workers, sampler=sampler,
+                                    drop_last=len(data) > h.batch_size)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader("val")

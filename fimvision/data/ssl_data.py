@@ -80,7 +80,7 @@ class SSLDataModule(ParticleDataModule):
         super().__init__(batch_size=batch_size, **kwargs)
         self.knn_bank_max = knn_bank_max
         self.views = MultiViewTransform(
-            self.in_chans, self.image_size, self.modality == "mono", n_global=n_global, n_local=n_local, local_size=local_size,
+            self.in_chans, self.image_size, self.hparams.modality == "mono", n_global=n_global, n_local=n_local, local_size=local_size,
             local_scale=tuple(local_crop_scale), scale=tuple(crop_scale), brightness=brightness, contrast=contrast,
             saturation=saturation, hue=hue, color_jitter_p=color_jitter_p, gray_p=gray_p, blur_p=blur_p,
             noise_p=noise_p, noise_std=noise_std)
@@ -89,7 +89,7 @@ class SSLDataModule(ParticleDataModule):
         unlabelled = self.unlabelled_rows(split_of)
         bank = np.flatnonzero(split_of == "train")
         if len(bank) > self.knn_bank_max:
-            bank = np.sort(np.random.default_rng(self.seed).choice(bank, self.knn_bank_max, replace=False))
+            bank = np.sort(np.random.default_rng(self.hparams.seed).choice(bank, self.knn_bank_max, replace=False))
         pretrain = np.sort(np.concatenate([unlabelled, np.flatnonzero(split_of == "train")]))
         self.datasets["train"] = ParticleDataset(self._decode(), pretrain, np.full(len(pretrain), -1), pretrain,
                                                  self.views, channels_out=self.in_chans)

@@ -172,7 +172,7 @@ def run_chai(target, s: ChaiSettings, device: str, out: Path) -> dict:
     calib = torch.cat([images_of(target.batch(s.batch_size, seed=1000 + i)) for i in range(s.calibration_batches)])
     loader = None
     if target.datamodule is not None:  # the labelled validation loader
-        target.datamodule.batch_size = s.batch_size
+        target.datamodule.hparams.batch_size = s.batch_size
         loaders = target.datamodule.val_dataloader()
         loader = (loaders or [None])[-1] if isinstance(loaders, list) else loaders
     if loader is not None:

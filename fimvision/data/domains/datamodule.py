@@ -117,9 +117,7 @@ class DomainDataModule(FimvisionDataModule):
             raise DataError(f"n_shot must be >= 1, got {n_shot}.")
         if not 0 < test_fraction < 1:
             raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}.")
-        self.image_size = image_size
         self._in_chans = channels or native_channels(root, [source, target], modality)
-        self.batch_size, self.num_workers = batch_size, num_workers
         self.train_on = train_on
         self.source = load_domain(root, source, image_size, self._in_chans, modality)
         self.target = load_domain(root, target, image_size, self._in_chans, modality)
@@ -199,6 +197,10 @@ class DomainDataModule(FimvisionDataModule):
     def in_chans(self) -> int:
         return self._in_chans
 
+    @property
+    def image_size(self) -> int:
+        return self.hparams.image_size
+
     # -- datasets
     def _dataset(self, where: Literal["source", "target"], positions: np.ndarray, train: bool,
                  hide_labels: bool = False) -> ParticleDataset:
@@ -228,7 +230,7 @@ class DomainDataModule(FimvisionDataModule):
                 "test": self.target_labels[self.split.test]}[split]
 
     def _loader(self, dataset) -> torch.utils.data.DataLoader:
-        return self.evaluation_loader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+        return self.evaluation_loader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def training_seed(self) -> int:
         return int(self.hparams.seed)  # the few-shot draws depend on the seed alone, as the protocol says
@@ -250,12 +252,13 @@ class DomainDataModule(FimvisionDataModule):
         if mode in ("source", "target"):
             data = (self._dataset("source", self.source_train, train=True) if mode == "source"
                     else self.pool_dataset(train=True))
-            return self.training_loader(data, batch_size=self.batch_size, num_workers=self.num_workers,
-                                        drop_last=len(data) > self.batch_size)
+            h = self.hparams
+            return self.training_loader(data, batch_size=h.batch_size, num_workers=h.num_workers,
+                                        drop_last=len(data) > h.batch_size)
         batch, batches = self.hparams.fewshot_batch_size, self.hparams.fewshot_batches
         dataset = self.fewshot_dataset(train=True)
         sampler = FewShotSampler(dataset, batch * batches)
-        return self.training_loader(dataset, batch_size=batch, num_workers=self.num_workers, sampler=sampler)
+        return self.training_loader(dataset, batch_size=batch, num_workers=self.hparams.num_workers, sampler=sampler)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         mode = self._mode()
