@@ -107,16 +107,18 @@ def test_help_of_every_console_script(work, capsys):
     from fimvision.baselines import main as baseline_main
     from fimvision.demo import main as demo_main
     from fimvision.efficiency.cli import main as efficiency_main
+    from fimvision.study.cli import main as study_main
 
     # As processes, the scripts whose imports could probe for CUDA; the others' `main` in this process.
-    cmds = [[exe("fimvision"), "--help"], [exe("fimvision-study"), "--help"], [exe("fimvision-efficiency"), "--help"]]
+    cmds = [[exe("fimvision"), "--help"], [exe("fimvision-efficiency"), "--help"]]
     results = run_all(cmds, work, at_once=2)
     for cmd, result in zip(cmds, results, strict=True):
         assert result.returncode == 0 and result.stdout.startswith("usage:"), (cmd, result.stderr[-500:])
         # No CUDA probe noise ("No CUDA runtime is found, using CUDA_HOME=..." from torch.utils.cpp_extension, which
         # torch.utils.benchmark imports) on a machine without a GPU: no line mentions CUDA at all.
         assert not [line for line in (result.stdout + result.stderr).splitlines() if "cuda" in line.lower()], cmd
-    for main, args in ((demo_main, ["--help"]), (baseline_main, ["--help"]), (efficiency_main, ["benchmark", "--help"])):
+    for main, args in ((demo_main, ["--help"]), (baseline_main, ["--help"]), (study_main, ["--help"]),
+                       (efficiency_main, ["benchmark", "--help"])):
         result = script_in_process(main, args, capsys)
         assert result.returncode == 0 and result.stdout.startswith("usage:"), (main, result.stderr[-500:])
     assert [exe("fimvision-demo"), exe("fimvision-baseline")]  # their wrappers are installed
@@ -129,6 +131,7 @@ def test_help_of_every_console_script(work, capsys):
 def test_other_console_scripts_and_tools_exit_codes(work, tmp_path, monkeypatch, capsys):
     from fimvision.baselines import main as baseline_main
     from fimvision.efficiency.cli import main as efficiency_main
+    from fimvision.study.cli import main as study_main
 
     study = tmp_path / "study.yaml"
     study.write_text("name: s\nstages: {a: {axes: {seed: {values: [0]}}, model: nope.yaml}}\n")
@@ -140,12 +143,10 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path, monkeypatch,
                   "--repeats=1", "--warmup=0", "--precisions=[32-true]", "--backends=[math]", "--mfu=false",
                   f"--out={tmp_path / 'eff'}", "--device=cpu"]
     tool = {t.stem: [sys.executable, t] for t in TOOLS}
-    # Every tools/ script and the light console scripts as processes; the heavy scripts' bad-input cases through
-    # their `main` in this process (one real run of fimvision-efficiency is the process).
+    # Every tools/ script as a process; the console scripts' bad-input cases through their `main` in this process (one
+    # real run of fimvision-efficiency is the process; `fimvision-study` processes: tests/study/test_study_runs.py).
     cases = [
         (efficiency, 0, None),
-        ([exe("fimvision-study"), "run", "--config", study, "--out", tmp_path / "study"], 2, "model"),
-        ([exe("fimvision-study"), "report", tmp_path / "nowhere"], 2, "results.csv does not exist"),
         ([*tool["make_synthetic"], "--out", "data", "--antibodies", "1"], 2, "not empty"),
         ([*tool["fetch_data"], "domain-adaptation", "--out", tmp_path / "da", "--from", tmp_path / "fake"], 2,
          "checksum does not match"),
@@ -171,6 +172,8 @@ def test_other_console_scripts_and_tools_exit_codes(work, tmp_path, monkeypatch,
         (efficiency_main, ["bench"], "error:"),
         (baseline_main, ["--config", SUPERVISED, "--data.init_args.root=data"], "needs features"),
         (baseline_main, ["--data.init_args.root=data"], "--config FILE"),
+        (study_main, ["run", "--config", study, "--out", tmp_path / "study"], "model"),
+        (study_main, ["report", tmp_path / "nowhere"], "results.csv does not exist"),
     ]
     for main, args, message in in_process:
         user_error(script_in_process(main, args, capsys), message)

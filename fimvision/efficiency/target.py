@@ -84,7 +84,7 @@ def _data_fields(section: Namespace, num_classes: int) -> tuple[int, int, int, l
         if args.get("channels"):  # a data module told its channels (DomainDataModule)
             in_chans = int(args["channels"])
         else:  # the data module's own rule for channels (e.g. colour 3, mono 1 or 3), applied to its arguments
-            in_chans = int(cls.in_chans.fget(SimpleNamespace(**args)))
+            in_chans = int(cls.in_chans.fget(SimpleNamespace(hparams=SimpleNamespace(**args))))
     except (AttributeError, KeyError, TypeError) as err:
         raise FimvisionError(f"cannot tell the input of {section.class_path} without its dataset ({err}); "
                              "give --data.init_args.root of an existing dataset.") from err
