@@ -20,6 +20,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fimvision.errors import CheckpointError, ConfigError
@@ -139,7 +140,7 @@ MOOT_WITH_CHECKPOINT = (*STARTING_WEIGHTS, "source_checkpoint")
 
 def _plain(value: Any) -> Any:
     """``value`` as plain data for comparing a given option with a checkpoint's (namespaces and tuples unwrapped)."""
-    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+    if isinstance(value, Namespace):
         value = value.as_dict()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

@@ -121,7 +121,8 @@ def test_help_of_every_console_script(work, capsys):
                        (efficiency_main, ["benchmark", "--help"])):
         result = script_in_process(main, args, capsys)
         assert result.returncode == 0 and result.stdout.startswith("usage:"), (main, result.stderr[-500:])
-    assert [exe("fimvision-demo"), exe("fimvision-baseline")]  # their wrappers are installed
+    for name in ("fimvision-demo", "fimvision-baseline", "fimvision-study"):
+        exe(name)  # their installed wrappers exist (exe asserts it)
     main_help = results[0].stdout
     assert "flow imaging microscopy" in main_help
     assert sum(line.strip().startswith(("fimvision fit", "fimvision test", "fimvision predict"))

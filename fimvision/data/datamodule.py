@@ -180,12 +180,12 @@ class ParticleDataModule(FimvisionDataModule):
                                    val_fraction=h.val_fraction, test_fraction=h.test_fraction, seed=h.seed,
                                    notes=notes)
             for warning in rare_class_warnings(frame.iloc[labelled], splits):
-                log.warning("split '%s' (fold %d): %s", self.hparams.split, self.hparams.fold, warning)
-            if self.hparams.label_fraction < 1:
-                splits = subsample_labels(frame.iloc[labelled], splits, self.hparams.label_fraction, seed=self.hparams.seed)
-                notes.append(f"training on {self.hparams.label_fraction:.0%} of the training labels ('unused' column)")
+                log.warning("split '%s' (fold %d): %s", h.split, h.fold, warning)
+            if h.label_fraction < 1:
+                splits = subsample_labels(frame.iloc[labelled], splits, h.label_fraction, seed=h.seed)
+                notes.append(f"training on {h.label_fraction:.0%} of the training labels ('unused' column)")
             split_of[labelled] = np.where(splits == "unused", "", splits)
-            log.info("split '%s' (fold %d), particles per class:\n%s%s", self.hparams.split, self.hparams.fold,
+            log.info("split '%s' (fold %d), particles per class:\n%s%s", h.split, h.fold,
                      describe(frame.iloc[labelled], splits).to_string(), "".join(f"\n{n}" for n in notes))
         return split_of
 

@@ -117,8 +117,9 @@ class ClassificationTask(FimvisionTask):
             metrics.update(logits, target)
             self.log_dict(metrics, prog_bar=stage == "val", batch_size=size)
             if stage == "test":
+                probs = logits.float().softmax(dim=1)
                 for metric in (self.test_recall, self.test_confusion, self.test_ece):
-                    metric.update(logits.float().softmax(dim=1), target)
+                    metric.update(probs, target)
                 self.test_ece_calibrated.update(self.calibrated_probs(logits), target)
         return logits
 

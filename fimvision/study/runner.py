@@ -256,6 +256,7 @@ class StudyRunner:
         if run.test_only:
             checkpoint = next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt_path=")), "")
             cli = build_cli(["test", *args])
+            metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test_")})
         else:
             done = fit_and_test(args, test=run.test)
             cli, checkpoint = done.fit, done.checkpoint
@@ -266,8 +267,6 @@ class StudyRunner:
                 metrics.update(last)
             metrics["steps"] = cli.trainer.global_step
             metrics.update(done.test_metrics)
-        if run.test_only:
-            metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test_")})
         result = {"run": run.id, "stage": run.stage, **run.axis_values, **metrics, "checkpoint": checkpoint,
                   "run_dir": str(folder), "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
                   "finished": time.time(), "args": relative_args(run.args, self.study.folder)}
