@@ -151,11 +151,15 @@ def test_predict_writes_into_the_run_and_never_over_earlier_results(fitted, work
 
 
 def test_predict_on_two_processes_gathers_every_particle_once(fitted, work, tmp_path):
+    # A copy outside the run folder: this command writes a run folder of its own, not into the shared fixture's
+    # (whose config_predict*.yaml the test above counts).
+    ckpt = tmp_path / "trained.ckpt"
+    ckpt.write_bytes((fitted / "checkpoints" / "last.ckpt").read_bytes())
     result = run([exe("fimvision"), "predict", "--config", SUPERVISED, "--model.init_args.backbone=test_resnet",
                   "--data.init_args.root=data",
                   "--data.init_args.image_size=32", "--data.init_args.num_workers=0",
                   "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.strategy=ddp",
-                  "--trainer.devices=2", f"--ckpt_path={fitted / 'checkpoints' / 'last.ckpt'}",
+                  "--trainer.devices=2", f"--ckpt_path={ckpt}", f"--trainer.logger.init_args.save_dir={tmp_path}",
                   f"--prediction_writer.output_dir={tmp_path}"], work)
     assert result.returncode == 0, result.stderr[-3000:]
     particles = pd.read_csv(tmp_path / "predictions.csv")
