@@ -99,4 +99,7 @@ def test_the_sweep_file_runs_under_a_wandb_agent(agent_env, synthetic_root, tmp_
     assert logged["config"]["run"] == target and logged["config"]["modality"] == "mono"
     assert any(row.get("test_acc") == pytest.approx(result["test_acc"]) for row in logged["history"])
     assert not wandb_runs(out / "runs" / "pretrain__modality=mono")  # inner runs do not log as the agent's run
-    assert run_as_wandb_agent(sweep, {"run": "nope"}, "bad") == 2
+    # An unknown run id: the sweep command, through the same `main` in this process (an agent passes the process's
+    # exit status on: tests/test_tracking.py::test_an_impossible_value_fails_the_run_with_exit_2).
+    code, _, err = study_main([*sweep["command"][2:-1], "--run=nope"], capsys)
+    assert code == 2 and "nope" in err.strip().splitlines()[-1], err
