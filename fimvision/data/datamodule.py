@@ -12,13 +12,7 @@ from fimvision.data.base import FimvisionDataModule
 from fimvision.data.dataset import ColorNorm, Luminance, Modality, ParticleDataset, decode_images
 from fimvision.data.features import CROP_SIZE, feature_matrix, resolve_features
 from fimvision.data.manifest import Manifest, load_manifest
-from fimvision.data.splits import (
-    SplitStrategy,
-    assign_splits,
-    describe,
-    rare_class_warnings,
-    subsample_labels,
-)
+from fimvision.data.splits import SplitStrategy, split_manifest
 from fimvision.data.transforms import eval_transform, train_transform
 from fimvision.errors import ConfigError
 
@@ -170,39 +164,9 @@ class ParticleDataModule(FimvisionDataModule):
 
     def split_rows(self) -> np.ndarray:
         """The split of each manifest row: ``train``, ``val``, ``test``, or "" for an unlabelled row."""
-        frame = self.manifest.frame
-        labelled = np.flatnonzero(self.manifest.labelled.to_numpy())
-        split_of = np.full(len(frame), "", dtype=object)
-        if len(labelled):
-            notes: list[str] = []
-            h = self.hparams
-            splits = assign_splits(frame.iloc[labelled], h.split, fold=h.fold, n_folds=h.n_folds,
-                                   val_fraction=h.val_fraction, test_fraction=h.test_fraction, seed=h.seed,
-                                   notes=notes)
-            for warning in rare_class_warnings(frame.iloc[labelled], splits):
-                log.warning("split '%s' (fold %d): %s", h.split, h.fold, warning)
-            if h.label_fraction < 1:
-                splits = subsample_labels(frame.iloc[labelled], splits, h.label_fraction, seed=h.seed)
-                notes.append(f"training on {h.label_fraction:.0%} of the training labels ('unused' column)")
-            split_of[labelled] = np.where(splits == "unused", "", splits)
-            log.info("split '%s' (fold %d), particles per class:\n%s%s", h.split, h.fold,
-                     describe(frame.iloc[labelled], splits).to_string(), "".join(f"\n{n}" for n in notes))
-        return split_of
-
-    def unlabelled_rows(self, split_of: np.ndarray) -> np.ndarray:
-        """The unlabelled rows that unsupervised or semi-supervised training may use: every unlabelled
-        particle except those of a test sample or test group (a held-out run stays unseen, images
-        included) and those whose ``split`` column sets them aside for validation or test."""
-        frame = self.manifest.frame
-        usable = split_of == ""
-        if "split" in frame.columns:
-            usable &= ~frame["split"].isin(["val", "test"]).to_numpy()
-        if self.hparams.split != "random":  # grouped splits: the test set's samples and groups are held out whole
-            for column in ("sample", "group"):
-                if column in frame.columns:
-                    held_out = set(frame[column].to_numpy()[split_of == "test"])
-                    usable &= ~frame[column].isin(held_out).to_numpy()
-        return np.flatnonzero(usable)
+        h = self.hparams
+        return split_manifest(self.manifest, h.split, fold=h.fold, n_folds=h.n_folds, val_fraction=h.val_fraction,
+                              test_fraction=h.test_fraction, seed=h.seed, label_fraction=h.label_fraction)
 
     def build_datasets(self, split_of: np.ndarray) -> None:
         """The train, val and test datasets from the rows' splits."""

@@ -20,18 +20,21 @@ class, within the training samples. The split table says which rule applied.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from fimvision.data.manifest import SPLIT_NAMES
+from fimvision.data.manifest import SPLIT_NAMES, Manifest
 from fimvision.errors import DataError
 
 SplitStrategy = Literal["random", "sample", "group", "kfold", "predefined"]
 # Fewest training samples from which validation is drawn by whole sample.
 MIN_VAL_SAMPLES = 5
+
+log = logging.getLogger(__name__)
 
 
 def _units(frame: pd.DataFrame, by: str | None) -> pd.DataFrame:
@@ -202,3 +205,26 @@ def describe(frame: pd.DataFrame, splits: np.ndarray) -> pd.DataFrame:
     extra = sorted(set(splits) - set(SPLIT_NAMES))
     return pd.crosstab(pd.Series(frame["label"].to_numpy(), name="class"), pd.Series(splits, name="split")).reindex(
         columns=[*SPLIT_NAMES, *extra], fill_value=0)
+
+
+def split_manifest(manifest: Manifest, strategy: SplitStrategy, *, fold: int, n_folds: int, val_fraction: float,
+                   test_fraction: float, seed: int, label_fraction: float = 1.0) -> np.ndarray:
+    """The split of each manifest row: ``train``, ``val``, ``test``, or "" for an unlabelled row (and for a
+    training row left out by ``label_fraction``). Logs the particles per class and split, and warnings."""
+    frame = manifest.frame
+    labelled = np.flatnonzero(manifest.labelled.to_numpy())
+    split_of = np.full(len(frame), "", dtype=object)
+    if not len(labelled):
+        return split_of
+    notes: list[str] = []
+    splits = assign_splits(frame.iloc[labelled], strategy, fold=fold, n_folds=n_folds, val_fraction=val_fraction,
+                           test_fraction=test_fraction, seed=seed, notes=notes)
+    for warning in rare_class_warnings(frame.iloc[labelled], splits):
+        log.warning("split '%s' (fold %d): %s", strategy, fold, warning)
+    if label_fraction < 1:
+        splits = subsample_labels(frame.iloc[labelled], splits, label_fraction, seed=seed)
+        notes.append(f"training on {label_fraction:.0%} of the training labels ('unused' column)")
+    split_of[labelled] = np.where(splits == "unused", "", splits)
+    log.info("split '%s' (fold %d), particles per class:\n%s%s", strategy, fold,
+             describe(frame.iloc[labelled], splits).to_string(), "".join(f"\n{n}" for n in notes))
+    return split_of

@@ -100,6 +100,21 @@ class SSLDataModule(ParticleDataModule):
                  "validation %d labelled particles", len(pretrain), len(unlabelled), len(bank),
                  len(self.datasets["val"]))
 
+    def unlabelled_rows(self, split_of: np.ndarray) -> np.ndarray:
+        """The unlabelled rows that unsupervised or semi-supervised training may use: every unlabelled
+        particle except those of a test sample or test group (a held-out run stays unseen, images
+        included) and those whose ``split`` column sets them aside for validation or test."""
+        frame = self.manifest.frame
+        usable = split_of == ""
+        if "split" in frame.columns:
+            usable &= ~frame["split"].isin(["val", "test"]).to_numpy()
+        if self.hparams.split != "random":  # grouped splits: the test set's samples and groups are held out whole
+            for column in ("sample", "group"):
+                if column in frame.columns:
+                    held_out = set(frame[column].to_numpy()[split_of == "test"])
+                    usable &= ~frame[column].isin(held_out).to_numpy()
+        return np.flatnonzero(usable)
+
     def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
         """``[knn_bank, knn_query]``, or ``[]`` without labelled particles."""
         if not (len(self.datasets["val"]) and len(self.datasets["knn_bank"])):

@@ -29,7 +29,7 @@ from fimvision.files import write_atomically
 from fimvision.study.compare import Design
 from fimvision.study.config import load_study, relative_args
 from fimvision.study.report import write_report
-from fimvision.study.runner import DONE, FAILED, Outcome, RunState, StudyRunner
+from fimvision.study.runner import DONE, FAILED, Outcome, RunState, StudyRunner, validate
 
 log = logging.getLogger(__name__)
 STUDY_COPY = "study.yaml"  # the study file a folder was run with, so `collect` and `report` need only the folder
@@ -140,7 +140,7 @@ def run(args) -> int:
     if args.dry_run:
         return dry_run(runner, wanted, done)
     runner.prepare()
-    runner.validate()
+    validate(runner)
     start = time.perf_counter()
     if args.workers > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
@@ -183,7 +183,7 @@ def dry_run(runner: StudyRunner, wanted: list[str], done: list[str]) -> int:
     missing = runner.missing_synthetic()
     for folder in missing:
         print(f"  would generate the SYNTHETIC dataset {folder} ({runner.study.synthetic[folder]})")
-    runner.validate(not_yet=missing)
+    validate(runner, not_yet=missing)
     print("every run's config and data check out (dry run: nothing was written).")
     return 0
 
@@ -192,7 +192,7 @@ def sweep(args) -> int:
     """DIR/sweep.yaml: a grid over the run ids; each agent run is `fimvision-study run-one` on the shared folder."""
     runner = runner_for(args.config, args.out)
     runner.prepare()
-    runner.validate()
+    validate(runner)
     out = Path(args.out).resolve()
     root = checkout_root(Path(args.config).resolve().parent)
     # paths relative to the checkout (as the study's data roots are): the file works from any clone of it

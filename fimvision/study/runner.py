@@ -201,37 +201,6 @@ class StudyRunner:
             log.info("generating the SYNTHETIC dataset %s (%s)", folder, fields)
             write_dataset(folder, SyntheticConfig(**fields), workers=min(2, os.cpu_count() or 1), progress=progress)
 
-    def validate(self, not_yet: list[str] | tuple[str, ...] = ()) -> None:
-        """Parse every run's settings, check every dataset it names (but those of ``not_yet``, folders still to
-        be generated) and that no finished run was made with other arguments, before anything runs; raises a
-        ConfigError naming the run. Writes nothing."""
-        from fimvision.data.domains.readers import root_kind
-        from fimvision.data.manifest import load_manifest
-
-        checked: set[str] = {str(Path(folder).resolve()) for folder in not_yet}
-        for run in self.runs.values():
-            done = self.result(run.id)
-            args = relative_args(run.args, self.study.folder)
-            if done is not None and done.get("args") != args:
-                raise ConfigError(f"run {run.id} in {self.out} finished with other arguments ({done.get('args')}) "
-                                  f"than the study now gives it ({args}). Use a new --out folder, or delete "
-                                  f"{self.folder(run)} to run it again.")
-            args = [a for a in run.args if a != TEST_ONLY and not a.startswith("--ckpt_path")]  # a command's own
-            for placeholder, _ in run.needs:  # a checkpoint that does not exist yet
-                args = [a.replace(f"{{{placeholder}}}", "checkpoint-of-a-later-run.ckpt") for a in args]
-            try:
-                config = parse_config([*args, *self.extra])
-                data = config.data or {}
-                root = str((data.get("init_args") or {}).get("root", ""))
-                if root and str(Path(root).resolve()) not in checked:
-                    checked.add(str(Path(root).resolve()))
-                    if str(data.get("class_path", "")).endswith("DomainDataModule"):
-                        root_kind(root)  # a .mat file, a dataset or a folder of domains, or a clear error
-                    else:
-                        load_manifest(root, require_labels=False)
-            except FimvisionError as err:
-                raise ConfigError(f"run {run.id}: {err}") from err
-
     # -- running
     def _arguments(self, run: RunSpec) -> list[str]:
         """The run's own arguments with its needs filled in and its folder set."""
@@ -376,3 +345,35 @@ class StudyRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         write_atomically(self.out / "results.csv", lambda p: frame.to_csv(p, index=False))
         return frame
+
+
+def validate(runner: StudyRunner, not_yet: list[str] | tuple[str, ...] = ()) -> None:
+    """Parse the settings of every run of ``runner``'s study, check every dataset it names (but those of
+    ``not_yet``, folders still to be generated) and that no finished run was made with other arguments,
+    before anything runs; raises a ConfigError naming the run. Writes nothing."""
+    from fimvision.data.domains.readers import root_kind
+    from fimvision.data.manifest import load_manifest
+
+    checked: set[str] = {str(Path(folder).resolve()) for folder in not_yet}
+    for run in runner.runs.values():
+        done = runner.result(run.id)
+        args = relative_args(run.args, runner.study.folder)
+        if done is not None and done.get("args") != args:
+            raise ConfigError(f"run {run.id} in {runner.out} finished with other arguments ({done.get('args')}) "
+                              f"than the study now gives it ({args}). Use a new --out folder, or delete "
+                              f"{runner.folder(run)} to run it again.")
+        args = [a for a in run.args if a != TEST_ONLY and not a.startswith("--ckpt_path")]  # a command's own
+        for placeholder, _ in run.needs:  # a checkpoint that does not exist yet
+            args = [a.replace(f"{{{placeholder}}}", "checkpoint-of-a-later-run.ckpt") for a in args]
+        try:
+            config = parse_config([*args, *runner.extra])
+            data = config.data or {}
+            root = str((data.get("init_args") or {}).get("root", ""))
+            if root and str(Path(root).resolve()) not in checked:
+                checked.add(str(Path(root).resolve()))
+                if str(data.get("class_path", "")).endswith("DomainDataModule"):
+                    root_kind(root)  # a .mat file, a dataset or a folder of domains, or a clear error
+                else:
+                    load_manifest(root, require_labels=False)
+        except FimvisionError as err:
+            raise ConfigError(f"run {run.id}: {err}") from err

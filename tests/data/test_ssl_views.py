@@ -107,5 +107,5 @@ def test_leave_one_run_out_keeps_the_held_out_runs_unlabelled_particles_out_of_e
         assert not set(supervised.datasets[name].rows.tolist()) & set(unlabelled)
     assert set(supervised.datasets["test"].rows.tolist()) == set(held_out_run) - set(unlabelled)
     assert ssl.unlabelled_rows(ssl.split_rows()).tolist() == sorted(set(unlabelled) - set(held_out_run))
-    stratified = ParticleDataModule(root=str(tmp_path), image_size=16, split="random", test_fraction=0.3)
+    stratified = SSLDataModule(root=str(tmp_path), image_size=16, split="random", test_fraction=0.3)
     assert stratified.unlabelled_rows(stratified.split_rows()).tolist() == sorted(unlabelled)  # no run held out

@@ -12,8 +12,6 @@ loses ``unseen_classes`` (default: the last third), which stay in the target as 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -21,7 +19,7 @@ import torch
 
 from fimvision.data.base import FewShotSampler, FimvisionDataModule, TrainOn
 from fimvision.data.dataset import ParticleDataset
-from fimvision.data.domains.protocol import label_shift_keep, rng_for, split_target, stratified_split
+from fimvision.data.domains.protocol import rng_for, scenario_labels, split_target, stratified_split
 from fimvision.data.domains.readers import load_domain, native_channels
 from fimvision.data.transforms import Pipeline, eval_transform, train_transform
 from fimvision.errors import ConfigError, DataError
@@ -121,68 +119,18 @@ class DomainDataModule(FimvisionDataModule):
         self.train_on = train_on
         self.source = load_domain(root, source, image_size, self._in_chans, modality)
         self.target = load_domain(root, target, image_size, self._in_chans, modality)
-        self._classes = self._align_classes(classes)
-        self._apply_scenario()
+        labels = scenario_labels(self.source.class_names(), self.target.class_names(), classes, self.hparams)
+        self._classes, self.source_labels_all = labels.classes, labels.source_all
+        self.source_labels = self.source_labels_all[labels.source_keep]
+        # The scenario's target is a domain of its own: positions below index into these arrays.
+        self.target_images = self.target.images[labels.target_keep]
+        self.target_labels = labels.target_all[labels.target_keep]
         self.split = split_target(self.target_labels, target, seed, n_shot, test_fraction)
         rest, val = stratified_split(self.source_labels, source_val_fraction, rng_for(seed, "source-split", source))
-        self.source_train, self.source_val = self.source_keep[rest], self.source_keep[val]
+        self.source_train, self.source_val = labels.source_keep[rest], labels.source_keep[val]
         log.info("domains %s -> %s (%s): source %d train / %d val; target pool %d, test %d, %d-shot %d, val %d",
                  source, target, scenario, len(rest), len(val), len(self.split.pool), len(self.split.test),
                  n_shot, len(self.split.shots), len(self.split.val))
-
-    # -- classes and scenarios
-    def _align_classes(self, classes: list[str] | None) -> list[str]:
-        src, tgt = set(self.source.classes), set(self.target.classes)
-        if classes is None:
-            classes = sorted(src, key=_natural)
-        # Under 'ood', source classes left out of `classes` are the unseen ones (a checkpoint's class list).
-        self._left_out = sorted(src - set(classes), key=_natural)
-        if self._left_out and self.hparams.scenario != "ood":
-            raise DataError(f"classes {classes} lacks source class(es) {self._left_out}; list every source class.")
-        unknown = sorted(tgt - set(classes) - src)
-        if unknown:
-            log.info("target classes %s are not in the source: kept as unknown images (target -1)", unknown)
-        return list(classes) + self._left_out
-
-    def _apply_scenario(self) -> None:
-        h = self.hparams
-        index = {c: i for i, c in enumerate(self._classes)}
-        self.source_labels_all = np.asarray([index[c] for c in self.source.class_names()])
-        target_all = np.asarray([index.get(c, -1) for c in self.target.class_names()])
-        source_keep = np.arange(len(self.source))
-        target_keep = np.arange(len(self.target))
-        minimum = h.n_shot + 1 + max(1, math.ceil(1 / h.test_fraction))
-        if h.scenario == "label_shift":
-            rng = rng_for(h.seed, "label-shift", h.target)
-            target_keep = label_shift_keep(target_all, len(self._classes), h.imbalance_ratio, rng, minimum=minimum)
-            target_keep = np.sort(np.concatenate([target_keep, np.flatnonzero(target_all < 0)]))
-            if h.source_imbalance:
-                source_keep = label_shift_keep(self.source_labels_all, len(self._classes), h.imbalance_ratio,
-                                               rng_for(h.seed, "label-shift", h.source), reverse=True, minimum=minimum)
-        elif h.scenario == "partial":
-            keep = h.target_classes or self._classes[: max(1, len(self._classes) // 2)]
-            self._check_names(keep, "target_classes")
-            target_keep = np.flatnonzero(np.isin(target_all, [index[c] for c in keep]))
-        elif h.scenario == "ood":
-            unseen = (h.unseen_classes or self._left_out
-                      or self._classes[len(self._classes) - max(1, len(self._classes) // 3):])
-            self._check_names(unseen, "unseen_classes")
-            seen = [c for c in self._classes if c not in unseen]
-            remap = {c: i for i, c in enumerate(seen)}
-            self.source_labels_all = np.asarray([remap.get(c, -1) for c in self.source.class_names()])
-            source_keep = np.flatnonzero(self.source_labels_all >= 0)
-            target_all = np.asarray([remap.get(c, -1) for c in self.target.class_names()])
-            self._classes = seen
-        self.source_keep = source_keep
-        self.source_labels = self.source_labels_all[source_keep]
-        # The scenario's target is a domain of its own: positions below index into these arrays.
-        self.target_images = self.target.images[target_keep]
-        self.target_labels = target_all[target_keep]
-
-    def _check_names(self, names: Sequence[str], what: str) -> None:
-        bad = [c for c in names if c not in self._classes]
-        if bad:
-            raise DataError(f"{what} {bad} are not classes of this data ({self._classes}).")
 
     # -- the interface the CLI links into models
     @property
@@ -271,7 +219,3 @@ class DomainDataModule(FimvisionDataModule):
     def test_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader(self._dataset("target", self.split.test, train=False))
 
-
-def _natural(name: str) -> tuple:
-    """Sort key putting '2' before '10'."""
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)

@@ -9,12 +9,18 @@ adapt on the whole 80 % part with its labels hidden. See docs/sfda.md.
 
 from __future__ import annotations
 
+import logging
+import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fimvision.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def rng_for(seed: int, *key: str) -> np.random.Generator:
@@ -90,3 +96,67 @@ def label_shift_keep(labels: np.ndarray, num_classes: int, ratio: float, rng: np
         k = min(len(members), max(minimum, int(round(share * len(members)))))
         keep.append(np.sort(members[rng.permutation(len(members))[:k]]))
     return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+
+
+@dataclass
+class ScenarioLabels:
+    """A scenario's classes and labels: ``source_all``/``target_all`` hold a label a domain image (-1:
+    unknown), ``source_keep``/``target_keep`` the positions the scenario keeps."""
+
+    classes: list[str]
+    source_all: np.ndarray
+    source_keep: np.ndarray
+    target_all: np.ndarray
+    target_keep: np.ndarray
+
+
+def scenario_labels(source_names: Sequence[str], target_names: Sequence[str], classes: list[str] | None,
+                    h: Any) -> ScenarioLabels:
+    """The classes and kept images of scenario ``h.scenario`` (see :mod:`fimvision.data.domains.datamodule`),
+    from each image's class name; ``h`` holds the data module's settings (seed, n_shot, imbalance_ratio, ...)."""
+    src, tgt = set(source_names), set(target_names)
+    classes = list(classes) if classes is not None else sorted(src, key=natural_key)
+    # Under 'ood', source classes left out of `classes` are the unseen ones (a checkpoint's class list).
+    left_out = sorted(src - set(classes), key=natural_key)
+    if left_out and h.scenario != "ood":
+        raise DataError(f"classes {classes} lacks source class(es) {left_out}; list every source class.")
+    unknown = sorted(tgt - set(classes) - src)
+    if unknown:
+        log.info("target classes %s are not in the source: kept as unknown images (target -1)", unknown)
+    classes = classes + left_out
+    index = {c: i for i, c in enumerate(classes)}
+    source_all = np.asarray([index[c] for c in source_names])
+    target_all = np.asarray([index.get(c, -1) for c in target_names])
+    source_keep, target_keep = np.arange(len(source_names)), np.arange(len(target_names))
+    minimum = h.n_shot + 1 + max(1, math.ceil(1 / h.test_fraction))
+    if h.scenario == "label_shift":
+        rng = rng_for(h.seed, "label-shift", h.target)
+        target_keep = label_shift_keep(target_all, len(classes), h.imbalance_ratio, rng, minimum=minimum)
+        target_keep = np.sort(np.concatenate([target_keep, np.flatnonzero(target_all < 0)]))
+        if h.source_imbalance:
+            source_keep = label_shift_keep(source_all, len(classes), h.imbalance_ratio,
+                                           rng_for(h.seed, "label-shift", h.source), reverse=True, minimum=minimum)
+    elif h.scenario == "partial":
+        keep = h.target_classes or classes[: max(1, len(classes) // 2)]
+        _check_names(keep, classes, "target_classes")
+        target_keep = np.flatnonzero(np.isin(target_all, [index[c] for c in keep]))
+    elif h.scenario == "ood":
+        unseen = h.unseen_classes or left_out or classes[len(classes) - max(1, len(classes) // 3):]
+        _check_names(unseen, classes, "unseen_classes")
+        classes = [c for c in classes if c not in unseen]
+        remap = {c: i for i, c in enumerate(classes)}
+        source_all = np.asarray([remap.get(c, -1) for c in source_names])
+        source_keep = np.flatnonzero(source_all >= 0)
+        target_all = np.asarray([remap.get(c, -1) for c in target_names])
+    return ScenarioLabels(classes, source_all, source_keep, target_all, target_keep)
+
+
+def _check_names(names: Sequence[str], classes: list[str], what: str) -> None:
+    bad = [c for c in names if c not in classes]
+    if bad:
+        raise DataError(f"{what} {bad} are not classes of this data ({classes}).")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting '2' before '10'."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
