@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from fimvision.errors import DataError
 
@@ -29,17 +30,15 @@ def rng_for(seed: int, *key: str) -> np.random.Generator:
 
 
 def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (rest, held_out): ``fraction`` of each class held out (rounded, at least one when a class
-    has two or more images)."""
-    rest, held = [], []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        members = members[rng.permutation(len(members))]
-        n = len(members)
-        k = int(np.clip(round(fraction * n), 1, n - 1)) if n >= 2 and fraction > 0 else 0
-        held.append(members[:k])
-        rest.append(members[k:])
-    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+    """Positions (rest, held_out): ``fraction`` of each class held out (scikit-learn's stratified split; a
+    class with a single image stays in ``rest``)."""
+    positions = np.arange(len(labels))
+    single = np.isin(labels, [c for c, n in zip(*np.unique(labels, return_counts=True)) if n < 2])
+    if fraction <= 0 or (~single).sum() < 2:
+        return positions, positions[:0]
+    rest, held = train_test_split(positions[~single], test_size=fraction, stratify=labels[~single],
+                                  random_state=int(rng.integers(2**31)))
+    return np.sort(np.concatenate([rest, positions[single]])), np.sort(held)
 
 
 @dataclass
