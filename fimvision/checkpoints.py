@@ -107,6 +107,7 @@ class RunCheckpoint(ModelCheckpoint):
                         trainer.current_epoch, trainer.global_step, kind)
         return ok
 
+    # The two private savers: ModelCheckpoint has no public hook that can veto one save.
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         if self.save_top_k == 0 or self._finite_state(trainer, monitor_candidates, "best" if self.monitor else "new"):
             super()._save_topk_checkpoint(trainer, monitor_candidates)

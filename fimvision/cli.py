@@ -295,7 +295,7 @@ class FimvisionCLI(LightningCLI):
 class _ParseOnlyCLI(FimvisionCLI):
     """The CLI's parser and checks of keys and types, instantiating nothing."""
 
-    def _parse_ckpt_path(self) -> None:
+    def _parse_ckpt_path(self) -> None:  # no public switch: parsing must not load a checkpoint
         pass
 
     def _set_seed(self) -> None:  # no public switch: parsing must not reseed the caller's random state

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer, keeping the rows an earlier stage of the same run wrote."""
 
-    def _check_log_dir_exists(self) -> None:
+    def _check_log_dir_exists(self) -> None:  # private: ExperimentWriter's only step before the first write
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as file:
                 self.metrics_keys = sorted(next(csv.reader(file), []))
@@ -75,7 +75,7 @@ class RunCSVLogger(CSVLogger):
         super().__init__(save_dir=save_dir, name=name, version=version, prefix=prefix,
                          flush_logs_every_n_steps=flush_logs_every_n_steps)
 
-    def _get_next_version(self) -> int:
+    def _get_next_version(self) -> int:  # private: CSVLogger has no public way to choose the next version
         version = super()._get_next_version()
         if rank_zero_only.rank != 0:  # only rank 0 writes; other ranks must not claim folders
             return version

@@ -11,15 +11,16 @@ matplotlib.use("Agg")  # files only; these machines have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fimvision.files import write_atomically  # noqa: E402
+
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Lay out, save (creating the folder) and close ``fig``; returns the path."""
+    """Lay out, save (creating the folder; the file appears only when complete) and close ``fig``; returns the path."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    try:
+        return write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:] or "png"))
+    finally:
+        plt.close(fig)
 
 
 def confusion_matrix_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:

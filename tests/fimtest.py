@@ -253,12 +253,25 @@ def run_as_wandb_agent(sweep: dict, args: dict, run_id: str, *, wait: bool = Tru
     return process.wait() if wait else process
 
 
+def write_mat_domains(path: str | Path, source: tuple, target: tuple) -> Path:
+    """Write two domains ((images N x side x side in 0-1, labels 0-based), ...) as an HDF5 ``.mat`` in the
+    shared sets' layout (``Xs``/``Ys``/``Xt``/``Yt``, rows in C order, 1-based labels)."""
+    import h5py
+    import numpy as np
+
+    path = Path(path)
+    with h5py.File(path, "w") as f:
+        for key, (images, labels) in (("s", source), ("t", target)):
+            images = np.asarray(images, dtype=np.float64)
+            f[f"X{key}"] = images.reshape(len(images), -1)
+            f[f"Y{key}"] = (np.asarray(labels, dtype=np.float64) + 1)[None, :]
+    return path
+
+
 def write_digits(path: Path, per_class: int = 12, classes: int = 10, side: int = 16, seed: int = 0) -> Path:
     """Tiny learnable digits-like domains in the shared .mat layout: class c lights row c (the target a
     little dimmer). Name the file MNIST_vs_USPS.mat for the MNIST/USPS domain names."""
     import numpy as np
-
-    from fimvision.data.domains import write_mat_domains
 
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(classes), per_class)

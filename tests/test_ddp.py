@@ -9,7 +9,7 @@ import pytest
 import torch
 from fimtest import CONFIGS, ENV, exe, fast_args, read_wandb_run, run_cli
 
-from fimvision.data.base import FewShotSampler
+from fimvision.data.base import fewshot_sampler
 
 DDP = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2", "--config",
        CONFIGS / "loggers" / "wandb.yaml", "--trainer.log_every_n_steps=1"]
@@ -20,7 +20,7 @@ METRICS = {"supervised": ("val_acc", "val_balanced_acc", "val_f1_macro"),
 
 def test_fewshot_draws_are_disjoint_shares_of_one_sequence():
     data = list(range(10))
-    shares = [list(FewShotSampler(data, 6, torch.Generator().manual_seed(3), num_replicas=2, rank=r)) for r in (0, 1)]
+    shares = [list(fewshot_sampler(data, 6, torch.Generator().manual_seed(3), num_replicas=2, rank=r)) for r in (0, 1)]
     whole = torch.randint(10, (12,), generator=torch.Generator().manual_seed(3)).tolist()
     assert shares == [whole[0::2], whole[1::2]] and all(len(s) == 6 for s in shares)
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +56,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fimvision.console import tqdm_disable
-from fimvision.curation.output import Summary, read_text, safe_name, unique_columns
+from fimvision.curation.output import Summary, read_export_csv, safe_name
 from fimvision.errors import CurationError
 from fimvision.files import OutputFolder
 from fimvision.imageio import IMAGE_SUFFIXES, read_image, write_png
@@ -100,23 +99,10 @@ def read_mfi_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CurationError("MFI particle CSV not found", file=path)
-    lines = read_text(path).splitlines()
-    header = None
-    for i, line in enumerate(lines[:100]):
-        keys = {ALIASES.get(_key(cell)) for cell in line.split(",")}
-        if set(BOX) <= keys:
-            header = i
-            break
-    if header is None:
-        raise CurationError("no header line with X Left, X Right, Y Top and Y Bottom in the first 100 lines", file=path,
-                            line=1, hint="export the particle data with the bounding box columns")
-    try:
-        frame = pd.read_csv(StringIO("\n".join(lines[header:])), dtype=str, keep_default_na=False,
-                            skipinitialspace=True)
-    except pd.errors.ParserError as err:
-        raise CurationError(f"cannot be read as CSV ({err})", file=path, hint="re-export the particle data") from err
-    frame.columns = unique_columns(frame.columns, mfi_column)
-    frame["line"] = np.arange(len(frame)) + header + 2
+    frame, header = read_export_csv(
+        path, lambda line: set(BOX) <= {ALIASES.get(_key(cell)) for cell in line.split(",")}, mfi_column,
+        missing="with X Left, X Right, Y Top and Y Bottom", hint="export the particle data with the bounding box columns",
+        dtype=str, keep_default_na=False, skipinitialspace=True)
     if "frame" not in frame.columns:
         raise CurationError("no frame column (Frame #)", file=path, line=header + 1,
                             hint="each particle must name the frame it was imaged in")

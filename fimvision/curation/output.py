@@ -14,13 +14,16 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from fimvision.console import tqdm_disable
 from fimvision.data.manifest import class_counts, load_manifest
+from fimvision.errors import CurationError
 
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.csv"
@@ -159,6 +162,25 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return data.decode("cp1252", errors="replace")
+
+
+def read_export_csv(path: Path, is_header, normalise, *, missing: str, hint: str,
+                    **read_csv) -> tuple[pd.DataFrame, int]:
+    """An instrument's CSV export whose header is the first of its first 100 lines that ``is_header``
+    accepts (exports may put metadata lines above it), with ``normalise``-d unique column names and
+    ``line`` (the row's line in the file). Returns the frame and the header's index. Without such a
+    line the error says the header ``missing``; ``hint`` says what to do about an unreadable export."""
+    lines = read_text(path).splitlines()
+    header = next((i for i, line in enumerate(lines[:100]) if is_header(line)), None)
+    if header is None:
+        raise CurationError(f"no header line {missing} in the first 100 lines", file=path, line=1, hint=hint)
+    try:
+        frame = pd.read_csv(StringIO("\n".join(lines[header:])), **read_csv)
+    except pd.errors.ParserError as err:
+        raise CurationError(f"cannot be read as CSV ({err})", file=path, hint=hint) from err
+    frame.columns = unique_columns(frame.columns, normalise)
+    frame["line"] = np.arange(len(frame)) + header + 2
+    return frame, header
 
 
 def unique_columns(columns, normalise) -> list[str]:

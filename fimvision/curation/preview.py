@@ -9,7 +9,6 @@ the cell; 16-bit crops are scaled for display by the 99.5th percentile of the cr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -63,10 +62,7 @@ def preview(dataset: str | Path, out: str | Path, *, per_class: int = 16, column
 
     An existing ``out`` is refused unless ``overwrite``; the file appears only when complete.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fimvision.plots import plt, save_figure
 
     root = Path(dataset).expanduser().resolve()
     out = Path(out).expanduser()
@@ -138,13 +134,5 @@ def preview(dataset: str | Path, out: str | Path, *, per_class: int = 16, column
         axis.legend(fontsize=6)
     fig.suptitle(f"{root.name}: {len(frame)} particles, {len([c for c in classes if c != UNLABELLED])} classes",
                  fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(partial)
-        os.replace(partial, out)
-    finally:
-        plt.close(fig)
-        partial.unlink(missing_ok=True)
+    save_figure(fig, out, dpi=100)
     return {name: len(images) for name, images in picked.items()}

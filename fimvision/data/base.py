@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 
 from fimvision.errors import ConfigError
 
@@ -118,23 +119,14 @@ SUGGESTED_DATA = {
 }
 
 
-class FewShotSampler(torch.utils.data.DistributedSampler):
-    """``num_samples`` draws with replacement for each process. Every process draws the same sequence from the
-    data module's generator and takes its own share, so no two processes train on the same draw and an
-    epoch has ``num_samples / batch size`` batches on any number of devices. (A DistributedSampler, so
-    Lightning does not split it again.)"""
-
-    def __init__(self, dataset, num_samples: int, generator: torch.Generator | None = None,
-                 num_replicas: int | None = None, rank: int | None = None) -> None:
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        world = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
-        rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
-        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False)
-        self.draws, self.generator = num_samples, generator
-
-    def __iter__(self):
-        every = torch.randint(len(self.dataset), (self.draws * self.num_replicas,), generator=self.generator)
-        return iter(every[self.rank::self.num_replicas].tolist())
-
-    def __len__(self) -> int:
-        return self.draws
+def fewshot_sampler(dataset, draws: int, generator: torch.Generator, num_replicas: int | None = None,
+                    rank: int | None = None) -> DistributedSamplerWrapper:
+    """``draws`` draws with replacement for each process. Every process draws the same sequence from
+    ``generator`` and takes its own share, so no two processes train on the same draw and an epoch has
+    ``draws / batch size`` batches on any number of devices. (A DistributedSampler, so Lightning does not
+    split it again.)"""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
+    rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+    every = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=draws * world, generator=generator)
+    return DistributedSamplerWrapper(every, num_replicas=world, rank=rank, shuffle=False)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from fimvision.data.base import TrainOn
 from fimvision.errors import ConfigError
@@ -184,10 +185,4 @@ class FimvisionTask(pl.LightningModule):
     def gather_uneven(self, tensor: Tensor) -> Tensor:
         """All processes' rows of ``tensor``, in rank order; the processes may hold different numbers of rows
         (each image of an evaluation set is on exactly one)."""
-        if self.trainer.world_size == 1:
-            return tensor
-        sizes = self.all_gather(torch.tensor(len(tensor), device=tensor.device)).tolist()
-        padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-        padded[:len(tensor)] = tensor
-        gathered = self.all_gather(padded)
-        return torch.cat([part[:n] for part, n in zip(gathered, sizes, strict=True)])
+        return torch.cat(gather_all_tensors(tensor)) if self.trainer.world_size > 1 else tensor

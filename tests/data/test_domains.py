@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fimtest import SHARED_DATA
+from fimtest import SHARED_DATA, write_mat_domains
 from PIL import Image
 
-from fimvision.data.domains import DomainDataModule, read_mat_domain, split_target, write_mat_domains
+from fimvision.data.domains import DomainDataModule, read_mat_domain, split_target
 from fimvision.errors import DataError
 
 MNIST_USPS = SHARED_DATA / "domain-adaptation" / "MNIST_vs_USPS.mat"

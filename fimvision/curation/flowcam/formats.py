@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fimvision.curation.output import read_text, unique_columns
+from fimvision.curation.output import read_export_csv, read_text
 from fimvision.errors import CurationError
 
 GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
@@ -253,22 +253,13 @@ def read_flowcam_csv(path: str | Path) -> pd.DataFrame:
     names ``Particle ID``. Adds ``line`` (the row's line in the file).
     """
     path = Path(path)
-    lines = read_text(path).splitlines()
-    header = next((i for i, line in enumerate(lines[:100]) if "particle id" in line.lower()), None)
-    if header is None:
-        raise CurationError("no header line naming 'Particle ID' in the first 100 lines", file=path, line=1,
-                            hint="export the particle data as CSV from VisualSpreadsheet, or leave the .csv out")
-    try:
-        frame = pd.read_csv(StringIO("\n".join(lines[header:])))
-    except pd.errors.ParserError as err:
-        raise CurationError(f"cannot be read as CSV ({err})", file=path,
-                            hint="re-export the particle data, or leave the .csv out") from err
-    frame.columns = unique_columns(frame.columns, normalise_header)
+    frame, header = read_export_csv(path, lambda line: "particle id" in line.lower(), normalise_header,
+                                    missing="naming 'Particle ID'", hint="export the particle data as CSV from "
+                                    "VisualSpreadsheet again, or leave the .csv out")
     if "particle_id" not in frame.columns:
         raise CurationError("no 'Particle ID' column", file=path, line=header + 1,
                             hint="the CSV is joined to the .lst by Particle ID")
     for column in frame.columns:
         if not pd.api.types.is_numeric_dtype(frame[column]):
             frame[column] = frame[column].fillna("").astype(str).str.strip()
-    frame["line"] = np.arange(len(frame)) + header + 2
     return frame

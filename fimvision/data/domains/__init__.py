@@ -19,10 +19,8 @@ from fimvision.data.domains.readers import (
     read_manifest_domain,
     read_mat_domain,
     root_kind,
-    write_mat_domains,
 )
 
 __all__ = ["Domain", "DomainDataModule", "TargetSplit", "label_shift_keep", "load_domain", "make_train_transform",
            "mat_domain_names", "native_channels", "parse_manifest_spec", "read_folder_domain", "read_manifest_domain",
-           "read_mat_domain", "rng_for", "root_kind", "shift_transform", "split_target", "stratified_split",
-           "write_mat_domains"]
+           "read_mat_domain", "rng_for", "root_kind", "shift_transform", "split_target", "stratified_split"]

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fimvision.data.base import FewShotSampler, FimvisionDataModule, TrainOn
+from fimvision.data.base import FimvisionDataModule, TrainOn, fewshot_sampler
 from fimvision.data.dataset import ParticleDataset
 from fimvision.data.domains.protocol import rng_for, scenario_labels, split_target, stratified_split
 from fimvision.data.domains.readers import load_domain, native_channels
@@ -205,7 +205,7 @@ class DomainDataModule(FimvisionDataModule):
                                         drop_last=len(data) > h.batch_size)
         batch, batches = self.hparams.fewshot_batch_size, self.hparams.fewshot_batches
         dataset = self.fewshot_dataset(train=True)
-        sampler = FewShotSampler(dataset, batch * batches)
+        sampler = fewshot_sampler(dataset, batch * batches, self.training_generator())
         return self.training_loader(dataset, batch_size=batch, num_workers=self.hparams.num_workers, sampler=sampler)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:

@@ -33,7 +33,8 @@ def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generat
     """Positions (rest, held_out): ``fraction`` of each class held out (scikit-learn's stratified split; a
     class with a single image stays in ``rest``)."""
     positions = np.arange(len(labels))
-    single = np.isin(labels, [c for c, n in zip(*np.unique(labels, return_counts=True)) if n < 2])
+    values, counts = np.unique(labels, return_counts=True)
+    single = np.isin(labels, values[counts < 2])
     if fraction <= 0 or (~single).sum() < 2:
         return positions, positions[:0]
     rest, held = train_test_split(positions[~single], test_size=fraction, stratify=labels[~single],

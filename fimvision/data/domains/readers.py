@@ -89,21 +89,6 @@ def read_mat_domain(path: str | Path, domain: str, image_size: int) -> Domain:
     return Domain(domain, images, labels, classes)
 
 
-def write_mat_domains(path: str | Path, source: tuple[np.ndarray, np.ndarray],
-                      target: tuple[np.ndarray, np.ndarray]) -> Path:
-    """Write two domains ((images N x side x side in 0-1, labels 0-based), ...) as an HDF5 ``.mat`` in the
-    shared sets' layout (``Xs``/``Ys``/``Xt``/``Yt``, rows in C order, 1-based labels)."""
-    import h5py
-
-    path = Path(path)
-    with h5py.File(path, "w") as f:
-        for key, (images, labels) in (("s", source), ("t", target)):
-            images = np.asarray(images, dtype=np.float64)
-            f[f"X{key}"] = images.reshape(len(images), -1)
-            f[f"Y{key}"] = (np.asarray(labels, dtype=np.float64) + 1)[None, :]
-    return path
-
-
 def read_folder_domain(root: str | Path, domain: str, image_size: int, channels: int) -> Domain:
     """``root/<domain>/<class>/*`` images, padded to square and resized."""
     folder = Path(root) / domain
