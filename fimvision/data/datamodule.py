@@ -153,7 +153,7 @@ class ParticleDataModule(FimvisionDataModule):
             transform = eval_transform(self.in_chans, mono)
         targets = np.asarray(self.manifest.targets())[rows]
         images = self._decode()
-        return ParticleDataset(images, rows, targets, rows, transform, channels_out=self.in_chans,
+        return ParticleDataset(images, rows, targets, rows, transform, in_chans=self.in_chans,
                                features=self._features)
 
     def setup(self, stage: str | None = None) -> None:

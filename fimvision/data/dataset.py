@@ -104,12 +104,12 @@ class ParticleDataset(torch.utils.data.Dataset):
 
     Items are dicts: ``image`` (what ``transform`` returns: a tensor, or a list of views), ``target``
     (class index, -1 when unlabelled), ``index`` (the manifest row) and, when ``features`` (N x F raw
-    values, by position) are given, ``features``. ``channels_out=3`` replicates a one-channel image to
+    values, by position) are given, ``features``. ``in_chans=3`` replicates a one-channel image to
     three, for models that want RGB input.
     """
 
     def __init__(self, images: np.ndarray, positions: Sequence[int], targets: Sequence[int],
-                 rows: Sequence[int], transform: Callable[[np.ndarray], object], channels_out: int | None = None,
+                 rows: Sequence[int], transform: Callable[[np.ndarray], object], in_chans: int | None = None,
                  features: np.ndarray | None = None):
         if not (len(positions) == len(targets) == len(rows)):
             raise ValueError("positions, targets and rows must have the same length")
@@ -118,7 +118,7 @@ class ParticleDataset(torch.utils.data.Dataset):
         self.targets = np.asarray(targets, dtype=np.int64)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.transform = transform
-        self.channels_out = channels_out or images.shape[3]
+        self.in_chans = in_chans or images.shape[3]
         self.features = features
 
     def __len__(self) -> int:
@@ -126,8 +126,8 @@ class ParticleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = self.images[self.positions[i]]
-        if image.shape[2] != self.channels_out:
-            image = np.repeat(image, self.channels_out, axis=2)
+        if image.shape[2] != self.in_chans:
+            image = np.repeat(image, self.in_chans, axis=2)
         item = {"image": self.transform(image), "target": int(self.targets[i]), "index": int(self.rows[i])}
         if self.features is not None:
             item["features"] = torch.from_numpy(self.features[self.positions[i]])

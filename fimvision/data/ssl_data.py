@@ -92,7 +92,7 @@ class SSLDataModule(ParticleDataModule):
             bank = np.sort(np.random.default_rng(self.hparams.seed).choice(bank, self.knn_bank_max, replace=False))
         pretrain = np.sort(np.concatenate([unlabelled, np.flatnonzero(split_of == "train")]))
         self.datasets["train"] = ParticleDataset(self._decode(), pretrain, np.full(len(pretrain), -1), pretrain,
-                                                 self.views, channels_out=self.in_chans)
+                                                 self.views, in_chans=self.in_chans)
         self.datasets["knn_bank"] = self._dataset(bank, train=False)
         self.datasets["val"] = self._dataset(np.flatnonzero(split_of == "val"), train=False)
         self.datasets["test"] = self._dataset(np.flatnonzero(split_of == "test"), train=False)

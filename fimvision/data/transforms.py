@@ -25,12 +25,12 @@ MONO_MEAN = (0.458,)
 MONO_STD = (0.226,)
 
 
-def normalisation(channels: int, mono: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and std (0-1 scale) for ``channels``-channel input; ``mono`` for luminance replicated to 3."""
-    if channels not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels, got {channels}")
-    if channels == 1 or mono:
-        return MONO_MEAN * channels, MONO_STD * channels
+def normalisation(in_chans: int, mono: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std (0-1 scale) for ``in_chans``-channel input; ``mono`` for luminance replicated to 3."""
+    if in_chans not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {in_chans}")
+    if in_chans == 1 or mono:
+        return MONO_MEAN * in_chans, MONO_STD * in_chans
     return IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -83,9 +83,9 @@ class Pipeline:
     torch's generator when built (so ``seed_everything`` makes runs repeatable), and re-seeded in each
     DataLoader worker from that worker's torch seed (so workers do not repeat each other)."""
 
-    def __init__(self, transforms: list, channels: int, mono: bool = False) -> None:
-        mean, std = normalisation(channels, mono)
-        self.channels, self.mean, self.std = channels, mean, std
+    def __init__(self, transforms: list, in_chans: int, mono: bool = False) -> None:
+        mean, std = normalisation(in_chans, mono)
+        self.in_chans, self.mean, self.std = in_chans, mean, std
         self.seed = int(torch.randint(2**31 - 1, ()).item())
         self.compose = A.Compose([*transforms, A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
                                   ToTensorV2()], strict=True)
@@ -122,12 +122,12 @@ class Pipeline:
         return f"Pipeline({self.compose})"
 
 
-def eval_transform(channels: int, mono: bool = False) -> Pipeline:
+def eval_transform(in_chans: int, mono: bool = False) -> Pipeline:
     """Normalisation only: validation, test and prediction images."""
-    return Pipeline([], channels, mono)
+    return Pipeline([], in_chans, mono)
 
 
-def train_transform(channels: int, mono: bool = False, *, brightness: float = 0.1, contrast: float = 0.1,
+def train_transform(in_chans: int, mono: bool = False, *, brightness: float = 0.1, contrast: float = 0.1,
                     tint: float = 0.0) -> Pipeline:
     """Training augmentation: the dihedral group (particles have no orientation) and mild
     brightness/contrast. No hue or saturation change: colour is the very signal colour FIM adds.
@@ -142,10 +142,10 @@ def train_transform(channels: int, mono: bool = False, *, brightness: float = 0.
         A.RandomRotate90(p=1.0),
         A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.5),
         *tinting,
-    ], channels, mono)
+    ], in_chans, mono)
 
 
-def ssl_view_transform(channels: int, size: int, mono: bool = False, *, scale: tuple[float, float] = (0.35, 1.0),
+def ssl_view_transform(in_chans: int, size: int, mono: bool = False, *, scale: tuple[float, float] = (0.35, 1.0),
                        ratio: tuple[float, float] = (0.75, 4 / 3), brightness: float = 0.2, contrast: float = 0.2,
                        saturation: float = 0.0, hue: float = 0.0, color_jitter_p: float = 0.8, gray_p: float = 0.0,
                        blur_p: float = 0.3, noise_p: float = 0.3, noise_std: float = 0.03) -> Pipeline:
@@ -159,13 +159,13 @@ def ssl_view_transform(channels: int, size: int, mono: bool = False, *, scale: t
     """
     jitter: list = []
     if brightness or contrast or saturation or hue:
-        if channels == 3 and not mono:
+        if in_chans == 3 and not mono:
             jitter = [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
                                     p=color_jitter_p)]
         else:  # saturation and hue do not exist for one channel
             jitter = [A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast,
                                                  p=color_jitter_p)]
-    colour = channels == 3 and not mono
+    colour = in_chans == 3 and not mono
     grey = [A.OneOf([A.ToGray(num_output_channels=3, p=1.0)], p=gray_p)] if gray_p > 0 and colour else []
     return Pipeline([
         A.RandomResizedCrop(size=(size, size), scale=scale, ratio=ratio, p=1.0),
@@ -176,7 +176,7 @@ def ssl_view_transform(channels: int, size: int, mono: bool = False, *, scale: t
         *grey,
         A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.1, 1.2), p=blur_p),
         A.GaussNoise(std_range=(0.0, noise_std), p=noise_p),
-    ], channels, mono)
+    ], in_chans, mono)
 
 
 class MultiViewTransform:
@@ -187,16 +187,16 @@ class MultiViewTransform:
     :func:`ssl_view_transform` for both kinds.
     """
 
-    def __init__(self, channels: int, size: int, mono: bool = False, *, n_global: int = 2, n_local: int = 0,
+    def __init__(self, in_chans: int, size: int, mono: bool = False, *, n_global: int = 2, n_local: int = 0,
                  local_size: int | None = None, local_scale: tuple[float, float] = (0.15, 0.4),
                  **view_kwargs) -> None:
         if n_global < 1 or n_global + n_local < 2:
             raise ValueError(f"need at least one global view and two views in all (got n_global={n_global}, "
                              f"n_local={n_local})")
         self.n_global, self.n_local = n_global, n_local
-        self.global_view = ssl_view_transform(channels, size, mono, **view_kwargs)
+        self.global_view = ssl_view_transform(in_chans, size, mono, **view_kwargs)
         local_kwargs = {**view_kwargs, "scale": local_scale}
-        self.local_view = (ssl_view_transform(channels, local_size or max(8, size // 2), mono,
+        self.local_view = (ssl_view_transform(in_chans, local_size or max(8, size // 2), mono,
                                               **local_kwargs)
                            if n_local else None)
 

@@ -30,19 +30,19 @@ Scenario = Literal["standard", "label_shift", "partial", "ood"]
 Augment = Literal["particle", "shift", "none"]
 
 
-def shift_transform(channels: int) -> Pipeline:
+def shift_transform(in_chans: int) -> Pipeline:
     """Small translations and scalings: augmentation for digits and objects, which have an orientation."""
     import albumentations as A
 
-    return Pipeline([A.Affine(translate_percent=(-0.08, 0.08), scale=(0.9, 1.1), p=1.0)], channels)
+    return Pipeline([A.Affine(translate_percent=(-0.08, 0.08), scale=(0.9, 1.1), p=1.0)], in_chans)
 
 
-def make_train_transform(kind: Augment, channels: int) -> Pipeline:
+def make_train_transform(kind: Augment, in_chans: int) -> Pipeline:
     if kind == "particle":
-        return train_transform(channels)
+        return train_transform(in_chans)
     if kind == "shift":
-        return shift_transform(channels)
-    return eval_transform(channels)
+        return shift_transform(in_chans)
+    return eval_transform(in_chans)
 
 
 class DomainDataModule(FimvisionDataModule):
@@ -159,7 +159,7 @@ class DomainDataModule(FimvisionDataModule):
         else:
             images, labels, index = self.target_images, self.target_labels, np.arange(len(self.target_labels))
         targets = np.full(len(positions), -1) if hide_labels else labels[positions]
-        return ParticleDataset(images, positions, targets, index[positions], transform, channels_out=c)
+        return ParticleDataset(images, positions, targets, index[positions], transform, in_chans=c)
 
     serves = ("source", "fewshot", "target")
 

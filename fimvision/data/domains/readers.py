@@ -44,11 +44,11 @@ class Domain:
         return np.asarray(self.classes, dtype=object)[self.labels]
 
 
-def _channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """``image`` (...xC, uint8) with ``channels`` channels: grey repeated to RGB, RGB to BT.601 luminance."""
-    if image.shape[-1] == channels:
+def _channels(image: np.ndarray, in_chans: int) -> np.ndarray:
+    """``image`` (...xC, uint8) with ``in_chans`` channels: grey repeated to RGB, RGB to BT.601 luminance."""
+    if image.shape[-1] == in_chans:
         return image
-    if channels == 1:
+    if in_chans == 1:
         return luminance(image)
     return np.repeat(image, 3, axis=-1)
 
@@ -89,7 +89,7 @@ def read_mat_domain(path: str | Path, domain: str, image_size: int) -> Domain:
     return Domain(domain, images, labels, classes)
 
 
-def read_folder_domain(root: str | Path, domain: str, image_size: int, channels: int) -> Domain:
+def read_folder_domain(root: str | Path, domain: str, image_size: int, in_chans: int) -> Domain:
     """``root/<domain>/<class>/*`` images, padded to square and resized."""
     folder = Path(root) / domain
     if not folder.is_dir():
@@ -100,10 +100,10 @@ def read_folder_domain(root: str | Path, domain: str, image_size: int, channels:
              if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"{folder} holds no images in class sub-folders ({folder}/<class>/*.jpg|png).")
-    images = np.empty((len(files), image_size, image_size, channels), np.uint8)
+    images = np.empty((len(files), image_size, image_size, in_chans), np.uint8)
     for i, (_, p) in enumerate(files):
         try:
-            images[i] = to_canvas(_channels(as_hwc_uint8(read_image(p)), channels), image_size)
+            images[i] = to_canvas(_channels(as_hwc_uint8(read_image(p)), in_chans), image_size)
         except Exception as err:  # any decoder failure is the same to the user: a bad file
             raise DataError(f"cannot decode image {p} ({type(err).__name__}: {err}). Remove or replace it.") from err
     labels = np.asarray([classes.index(c) for c, _ in files])
@@ -126,7 +126,7 @@ def parse_manifest_spec(spec: str) -> tuple[str | None, str, str | None, str | N
                     "e.g. group=ab8.")
 
 
-def read_manifest_domain(root: str | Path, spec: str, image_size: int, channels: int,
+def read_manifest_domain(root: str | Path, spec: str, image_size: int, in_chans: int,
                          modality: str = "color") -> Domain:
     """The labelled manifest rows a spec selects (see ``parse_manifest_spec``)."""
     manifest = load_manifest(root)
@@ -147,7 +147,7 @@ def read_manifest_domain(root: str | Path, spec: str, image_size: int, channels:
         raise DataError(f"{manifest.path}: domain '{spec}' selects no labelled row.")
     modality = spec_modality or modality
     images = decode_images(manifest, rows, image_size=image_size, modality=modality, progress=False)
-    images = np.ascontiguousarray(_channels(images, channels))
+    images = np.ascontiguousarray(_channels(images, in_chans))
     names = frame["label"].to_numpy()[rows]
     classes = sorted(set(names))
     return Domain(spec, images, np.asarray([classes.index(n) for n in names]), classes)
@@ -167,16 +167,16 @@ def root_kind(root: str | Path) -> Literal["mat", "manifest", "folders"]:
                     f"{MANIFEST_NAME}, or a folder of domain folders ROOT/<domain>/<class>/*.jpg.")
 
 
-def load_domain(root: str | Path, spec: str, image_size: int, channels: int, modality: str = "color") -> Domain:
+def load_domain(root: str | Path, spec: str, image_size: int, in_chans: int, modality: str = "color") -> Domain:
     """One domain from any kind of root (see the module docstring)."""
     kind = root_kind(root)
     if kind == "mat":
         domain = read_mat_domain(root, spec, image_size)
-        domain.images = np.ascontiguousarray(_channels(domain.images, channels))
+        domain.images = np.ascontiguousarray(_channels(domain.images, in_chans))
         return domain
     if kind == "manifest":
-        return read_manifest_domain(root, spec, image_size, channels, modality)
-    return read_folder_domain(root, spec, image_size, channels)
+        return read_manifest_domain(root, spec, image_size, in_chans, modality)
+    return read_folder_domain(root, spec, image_size, in_chans)
 
 
 def native_channels(root: str | Path, specs: Sequence[str], modality: str = "color") -> int:
