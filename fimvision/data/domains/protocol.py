@@ -4,7 +4,9 @@ The target domain is split 80/20, stratified by class, with an RNG keyed to (see
 80 % part each class gives ``n_shot`` training images and one validation image (nested: the 1-shot set
 is part of the 3-shot set, and the validation image is the same for every ``n_shot``); results are
 reported on the 20 % test part, which never meets the few-shot set. Source-free unsupervised methods
-adapt on the whole 80 % part with its labels hidden. See docs/sfda.md.
+adapt on the whole 80 % part with its labels hidden. Splits are scikit-learn's stratified
+``train_test_split``. :func:`scenario_labels` gives the classes and kept images of a scenario
+(label shift, partial, ood). See docs/sfda.md.
 """
 
 from __future__ import annotations
