@@ -167,17 +167,10 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
         index = torch.cat([p["index"] for p in predictions]).cpu().numpy() if predictions else np.empty(0, int)
         probs = (torch.cat([p["probs"] for p in predictions]).cpu().numpy() if predictions
                  else np.empty((0, len(pl_module.class_names)), np.float32))
-        if trainer.world_size > 1:
-            parts: list = [None] * trainer.world_size
-            torch.distributed.all_gather_object(parts, (index, probs))
-            if not trainer.is_global_zero:
-                return
-            index = np.concatenate([p[0] for p in parts])
-            probs = np.concatenate([p[1] for p in parts])
-            index, first = np.unique(index, return_index=True)  # samplers may repeat rows to even out ranks
-            probs = probs[first]
-        if not len(index):
+        gathered = gather_by_index(trainer, index, probs)
+        if gathered is None or not len(gathered[0]):
             return
+        index, probs = gathered
         classes = list(pl_module.class_names)
         manifest = trainer.datamodule.manifest
         frame = manifest.frame.iloc[index]
@@ -224,6 +217,19 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
         return sample_verdicts(particles, classes).merge(composition, on="sample", validate="one_to_one")
 
 
+def gather_by_index(trainer: pl.Trainer, index: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Every process's rows (``index`` and ``columns``), on rank 0 (None on the others; a collective call): one
+    row a distinct index, sorted by it (samplers may repeat rows to even out the processes)."""
+    if trainer.world_size > 1:
+        parts: list = [None] * trainer.world_size
+        torch.distributed.all_gather_object(parts, (index, *columns))
+        if not trainer.is_global_zero:
+            return None
+        index, *columns = (np.concatenate(c) for c in zip(*parts, strict=True))
+    index, first = np.unique(index, return_index=True)
+    return (index, *(c[first] for c in columns))
+
+
 class TestOutputWriter(pl.Callback):
     """What `fimvision test` writes into the run's folder besides the metrics: ``test_predictions.csv`` (one row a
     test image: index, target, predicted class, confidence and calibrated class probabilities, with the manifest's
@@ -239,20 +245,19 @@ class TestOutputWriter(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After the model's on_test_epoch_end, which leaves the synchronised confusion matrix.
-        result = getattr(pl_module, "test_confusion_result", None)
+        result = getattr(pl_module, "test_confusion_result", None)  # the same on every process
         out = Path(trainer.log_dir or trainer.default_root_dir)  # a collective call: on every process
-        parts = [tuple(torch.cat(c) for c in zip(*self._rows, strict=True))] if getattr(self, "_rows", None) else []
-        if trainer.world_size > 1:
-            gathered: list = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, parts)
-            parts = [p for rank in gathered for p in rank]
-        if result is None or not parts or not trainer.is_global_zero or trainer.sanity_checking:
+        if result is None:
             return
         matrix, classes = result
-        index, target, logits = (torch.cat(c) for c in zip(*parts, strict=True))
-        index, first = np.unique(index.numpy(), return_index=True)  # sorted; samplers may repeat rows
-        probs = pl_module.calibrated_probs(logits[first]).numpy()
-        frame = pd.DataFrame({"index": index, "target": target.numpy()[first], "predicted": probs.argmax(axis=1),
+        rows = ([torch.cat(c).numpy() for c in zip(*self._rows, strict=True)] if getattr(self, "_rows", None)
+                else [np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, len(classes)), np.float32)])
+        gathered = gather_by_index(trainer, *rows)
+        if gathered is None or not len(gathered[0]) or trainer.sanity_checking:
+            return
+        index, target, logits = gathered
+        probs = pl_module.calibrated_probs(torch.from_numpy(logits)).numpy()
+        frame = pd.DataFrame({"index": index, "target": target, "predicted": probs.argmax(axis=1),
                               "confidence": probs.max(axis=1)})
         for i, name in enumerate(classes):
             frame[f"prob_{name}"] = probs[:, i]
