@@ -80,11 +80,13 @@ def test_fewshot_stages(digits, source_ckpt):
     assert not torch.equal(source[first], full.net.state_dict()[first])
 
 
-def test_shot_freezes_the_classifier_and_uses_no_target_labels(digits, source_ckpt):
+def test_shot_freezes_the_classifier_and_uses_no_target_labels(digits, source_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     dm = DomainDataModule(root=str(digits), image_size=16, n_shot=2, batch_size=32)
     model = SHOT(source_checkpoint=str(source_ckpt), num_classes=10, class_names=dm.classes, in_chans=1, img_size=16)
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     _adapt(model, dm, max_steps=3)
+    assert not list(tmp_path.rglob("*.ckpt"))  # enable_checkpointing=False holds for its own checkpoint callback
     after = model.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("classifier"))
     assert not torch.equal(before["bottleneck.0.weight"], after["bottleneck.0.weight"])

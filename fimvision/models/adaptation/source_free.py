@@ -52,7 +52,10 @@ class SourceFreeTask(AdaptedTask):
                 *decay_groups(self.net.bottleneck, h.weight_decay, lr=h.lr)]
 
     def configure_callbacks(self):
-        # Replaces the trainer's checkpoint callback, which monitors the few-shot val_loss these methods lack.
+        # Replaces the trainer's checkpoint callback, which monitors the few-shot val_loss these methods lack;
+        # none when checkpointing is off (enable_checkpointing=false must not write checkpoints anyway).
+        if self.trainer.checkpoint_callback is None:
+            return []
         select = self.hparams.select_by
         return [RunCheckpoint(monitor=None if select == "last" else f"val_{select}", mode="max", save_last=True,
                               filename="{epoch}-{step}")]
