@@ -126,12 +126,12 @@ class WandbTracking(pl.Callback):
                 run.log({"train_images": images}, commit=False)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import wandb
-
         png = Path(trainer.log_dir or trainer.default_root_dir) / "confusion_matrix.png"  # on every process
         runs, confusion = self.runs(trainer), getattr(pl_module, "test_confusion_result", None)
         if not runs or confusion is None:
             return
+        import wandb  # only with W&B on: its import is slow
+
         matrix, names = confusion
         support = matrix.sum(axis=1)
         recall = [float(trainer.callback_metrics.get(f"test_recall_{n}", 0.0)) for n in names]  # the base logged them
