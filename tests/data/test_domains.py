@@ -9,7 +9,7 @@ import pytest
 from fimtest import SHARED_DATA, write_mat_domains
 from PIL import Image
 
-from fimvision.data.domains import DomainDataModule, read_mat_domain, split_target
+from fimvision.data.domains import DomainDataModule, read_mat_domain, split_target, stratified_split
 from fimvision.errors import DataError
 
 MNIST_USPS = SHARED_DATA / "domain-adaptation" / "MNIST_vs_USPS.mat"
@@ -71,6 +71,15 @@ def test_split_is_deterministic_stratified_nested_and_disjoint():
         split_target(labels, "USPS", seed=1, n_shot=8)
 
 
+def test_a_small_or_imbalanced_domain_holds_out_every_class_with_two_images():
+    rng = np.random.default_rng(0)
+    rare = np.repeat(np.arange(4), [100, 2, 2, 2])
+    rest, held = stratified_split(rare, 0.2, rng)
+    assert np.bincount(rare[held]).tolist() == [20, 1, 1, 1] and np.bincount(rare[rest]).tolist() == [80, 1, 1, 1]
+    small = np.repeat(np.arange(4), [8, 8, 7, 7])  # fewer held-out images than classes at 0.1: still one each
+    assert np.bincount(small[stratified_split(small, 0.1, rng)[1]]).tolist() == [1, 1, 1, 1]
+
+
 def _indices(loader) -> list[int]:
     return [int(i) for batch in loader for i in batch["index"]]
 
@@ -90,7 +99,7 @@ def test_loaders_follow_the_protocol(tmp_path):
     assert (pool_batch["target"] == -1).all()  # source-free methods never see target labels
     assert sorted(_indices(dm.val_dataloader())) == sorted(dm.split.pool.tolist())
     dm.serve("source")
-    assert len(dm.source_train) == 108 and not set(dm.source_train) & set(dm.source_val)  # 120 - ceil(0.1 * 120)
+    assert len(dm.source_train) == 110 and not set(dm.source_train) & set(dm.source_val)
     assert set(_indices(dm.train_dataloader())) <= set(dm.source_train.tolist())
     assert sorted(_indices(dm.val_dataloader())) == sorted(dm.source_val.tolist())
 

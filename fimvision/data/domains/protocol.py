@@ -4,9 +4,8 @@ The target domain is split 80/20, stratified by class, with an RNG keyed to (see
 80 % part each class gives ``n_shot`` training images and one validation image (nested: the 1-shot set
 is part of the 3-shot set, and the validation image is the same for every ``n_shot``); results are
 reported on the 20 % test part, which never meets the few-shot set. Source-free unsupervised methods
-adapt on the whole 80 % part with its labels hidden. Splits are scikit-learn's stratified
-``train_test_split``. :func:`scenario_labels` gives the classes and kept images of a scenario
-(label shift, partial, ood). See docs/sfda.md.
+adapt on the whole 80 % part with its labels hidden. :func:`scenario_labels` gives the classes and kept
+images of a scenario (label shift, partial, ood). See docs/sfda.md.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from fimvision.errors import DataError
 
@@ -32,16 +30,18 @@ def rng_for(seed: int, *key: str) -> np.random.Generator:
 
 
 def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (rest, held_out): ``fraction`` of each class held out (scikit-learn's stratified split; a
-    class with a single image stays in ``rest``)."""
-    positions = np.arange(len(labels))
-    values, counts = np.unique(labels, return_counts=True)
-    single = np.isin(labels, values[counts < 2])
-    if fraction <= 0 or (~single).sum() < 2:
-        return positions, positions[:0]
-    rest, held = train_test_split(positions[~single], test_size=fraction, stratify=labels[~single],
-                                  random_state=int(rng.integers(2**31)))
-    return np.sort(np.concatenate([rest, positions[single]])), np.sort(held)
+    """Positions (rest, held_out): ``fraction`` of each class held out (rounded, at least one when a class
+    has two or more images). Not scikit-learn's ``train_test_split``: that one may hold out none of a rare
+    class and refuses a held-out part smaller than the number of classes (small real domains)."""
+    rest, held = [], []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[rng.permutation(len(members))]
+        n = len(members)
+        k = int(np.clip(round(fraction * n), 1, n - 1)) if n >= 2 and fraction > 0 else 0
+        held.append(members[:k])
+        rest.append(members[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
 
 
 @dataclass
