@@ -217,14 +217,15 @@ def split_manifest(manifest: Manifest, strategy: SplitStrategy, *, fold: int, n_
     if not len(labelled):
         return split_of
     notes: list[str] = []
-    splits = assign_splits(frame.iloc[labelled], strategy, fold=fold, n_folds=n_folds, val_fraction=val_fraction,
+    part = frame.iloc[labelled]
+    splits = assign_splits(part, strategy, fold=fold, n_folds=n_folds, val_fraction=val_fraction,
                            test_fraction=test_fraction, seed=seed, notes=notes)
-    for warning in rare_class_warnings(frame.iloc[labelled], splits):
+    for warning in rare_class_warnings(part, splits):
         log.warning("split '%s' (fold %d): %s", strategy, fold, warning)
     if label_fraction < 1:
-        splits = subsample_labels(frame.iloc[labelled], splits, label_fraction, seed=seed)
+        splits = subsample_labels(part, splits, label_fraction, seed=seed)
         notes.append(f"training on {label_fraction:.0%} of the training labels ('unused' column)")
     split_of[labelled] = np.where(splits == "unused", "", splits)
     log.info("split '%s' (fold %d), particles per class:\n%s%s", strategy, fold,
-             describe(frame.iloc[labelled], splits).to_string(), "".join(f"\n{n}" for n in notes))
+             describe(part, splits).to_string(), "".join(f"\n{n}" for n in notes))
     return split_of
