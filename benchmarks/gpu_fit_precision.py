@@ -11,7 +11,6 @@ its spread), fit wall time and whether every logged value stayed finite.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from pathlib import Path
@@ -44,8 +43,9 @@ def main() -> None:
                 f"--trainer.max_epochs={args.epochs}", "--trainer.enable_progress_bar=false",
                 f"--trainer.default_root_dir={args.out / name}", f"--trainer.logger.init_args.save_dir={args.out}",
                 f"--trainer.logger.init_args.name={name}"])
-            logged = pd.read_csv(done.folder / "metrics.csv")
-            finite = bool(logged.select_dtypes("number").map(lambda v: math.isnan(v) or math.isfinite(v)).all().all())
+            # As text: a blank cell is a metric not logged at that step, "nan" or "inf" a non-finite value.
+            logged = pd.read_csv(done.folder / "metrics.csv", dtype=str, keep_default_na=False)
+            finite = not logged.map(lambda v: v.strip().lower() in ("nan", "inf", "-inf")).to_numpy().any()
             rows.append({"precision": precision, "seed": seed, "fit_and_test_s": time.perf_counter() - start,
                          "steps": done.fit.trainer.global_step, "all_finite": finite, **done.test_metrics})
             print(rows[-1], flush=True)
