@@ -120,6 +120,14 @@ class RunCheckpoint(ModelCheckpoint):
         if not trainer.fast_dev_run:  # Lightning 2.6 would save last.ckpt even under fast_dev_run
             super().on_train_end(trainer, pl_module)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A run started with a relative save_dir stores its folder relative; evaluated or resumed with the folder
+        # given absolute, Lightning would warn that the folder changed although it is the same one.
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and Path(saved).resolve() == Path(self.dirpath).resolve():
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+        super().load_state_dict(state_dict)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         # Runs after the epoch's validation: the state saved here is the whole epoch's, validation included.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import pytest
 import pytorch_lightning as pl
@@ -183,3 +184,23 @@ def test_the_guard_stops_at_a_non_finite_validation_loss_and_keeps_the_last_fini
     assert str(err.value).startswith("training diverged at epoch 1, global step 4: val_loss is nan (last finite "
                                      "val_loss 0.5 at epoch 0; learning rate 0.01)."), str(err.value)  # epoch 1's, after a StepLR
     assert saved_states(tmp_path) == {"best-epoch=0.ckpt": (0, True), "last.ckpt": (0, True)}
+
+
+def test_the_same_folder_given_relative_then_absolute_restores_the_callback_state_without_a_warning(tmp_path,
+                                                                                                     monkeypatch):
+    # A run started with a relative save_dir stores its checkpoint folder relative; `fimvision test` names it
+    # absolute. Lightning compared the two strings and warned "The dirpath has changed" for the same folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    saved = {"dirpath": "run/checkpoints", "best_model_score": torch.tensor(0.5), "best_model_path": "run/checkpoints/b.ckpt",
+             "best_k_models": {"run/checkpoints/b.ckpt": torch.tensor(0.5)}, "last_model_path": "run/checkpoints/last.ckpt"}
+    same = RunCheckpoint(dirpath=tmp_path / "run" / "checkpoints")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(saved)
+    assert same.best_k_models == saved["best_k_models"] and same.last_model_path == "run/checkpoints/last.ckpt"
+    (tmp_path / "other").mkdir()
+    other = RunCheckpoint(dirpath=tmp_path / "other")
+    with pytest.warns(UserWarning, match="dirpath has changed"):  # another folder: Lightning's rule stands
+        other.load_state_dict(saved)
+    assert other.best_k_models == {} and other.best_model_path == "run/checkpoints/b.ckpt"
