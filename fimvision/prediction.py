@@ -195,7 +195,8 @@ class PredictionWriter(pl.callbacks.BasePredictionWriter):
         accuracy = (out.loc[labelled, "label"] == out.loc[labelled, "predicted"]).mean() if labelled.any() else np.nan
         log.info("wrote %s (%d particles) and %s (%d samples)%s", folder / "predictions.csv", len(out),
                  folder / "samples.csv", len(samples),
-                 f"; accuracy on the {labelled.sum()} labelled particles: {accuracy:.3f}" if labelled.any() else "")
+                 f"; accuracy on the {labelled.sum()} labelled particles: {accuracy:.3f} (training particles included; "
+                 "`fimvision test` scores the held-out ones)" if labelled.any() else "")
         print(f"predictions: {folder / 'predictions.csv'}\nsample verdicts and compositions: {folder / 'samples.csv'}"
               f" (figure: {folder / 'samples.png'})")
 
