@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
 from fimvision.cli import build_cli
-from fimvision.console import make_parser, quiet_third_party, run_main
+from fimvision.console import make_parser, prepare_script, run_main
 from fimvision.errors import ConfigError
 from fimvision.models.trees import fit_booster
 
@@ -79,7 +79,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `fimvision-baseline` console script; returns its exit status (0, 2 bad input, 130, 1)."""
-    quiet_third_party()
+    prepare_script()
     return run_main(run, argv)
 
 

@@ -54,7 +54,7 @@ from fimvision.console import (
     EXIT_USER_ERROR,
     describe_parse_error,
     one_line,
-    quiet_third_party,
+    prepare_script,
     user_error_in,
 )
 from fimvision.errors import CheckpointError, ConfigError
@@ -363,7 +363,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the CLI on ``args`` (default: the command line) and return the exit status (see the module doc)."""
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
-    quiet_third_party()
+    prepare_script()
     interrupted = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import difflib
+import gc
 import logging
 import os
 import re
@@ -116,8 +118,18 @@ def _add_filter(logger: str, prefixes: tuple[str, ...]) -> None:
         target.addFilter(_DropMessages(prefixes))
 
 
-def quiet_third_party() -> None:
-    """Silence noise that third-party libraries print on every run and that says nothing about this run."""
+def prepare_script() -> None:
+    """What every console script sets up for its process at start.
+
+    It silences noise that third-party libraries print on every run and that says nothing about this run. At
+    exit, it skips CPython's last full garbage collection: with torch and Lightning imported, that collection
+    takes a fifth of a short command's time (about 1.5 s of 7 on 2 CPU cores), in every DDP rank and sweep run
+    as well. Only objects still alive at exit are affected: their memory goes back with the process, and Python
+    does not promise to call their finalizers anyway (fimvision closes its files and W&B runs itself). Measured by
+    ``benchmarks/command_startup.py``.
+    """
+    atexit.unregister(gc.freeze)  # once, however often a script's main runs in one process
+    atexit.register(gc.freeze)
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         _add_filter(name, DROPPED_MESSAGES)
     _add_filter("torch.utils.cpp_extension", DROPPED_CUDA_PROBE)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fimvision.cli import fit_and_test
-from fimvision.console import make_parser, quiet_third_party, run_main
+from fimvision.console import make_parser, prepare_script, run_main
 from fimvision.data.synthetic import SyntheticConfig, write_dataset
 from fimvision.plots import grouped_bars_png
 
@@ -68,7 +68,7 @@ def train_and_test(row: str, args: argparse.Namespace) -> tuple[dict, Path, str]
 
 def main(argv: list[str] | None = None) -> int:
     """The `fimvision-demo` console script; returns its exit status (0, 2 bad input, 130, 1)."""
-    quiet_third_party()
+    prepare_script()
     return run_main(run, argv)
 
 

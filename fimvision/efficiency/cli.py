@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fimvision.console import EXIT_OK, EXIT_USER_ERROR, one_line, quiet_third_party, run_main
+from fimvision.console import EXIT_OK, EXIT_USER_ERROR, one_line, prepare_script, run_main
 from fimvision.errors import FimvisionError
 
 MODEL_PREFIXES = ("--model", "--data", "--trainer", "--seed_everything", "--wandb")
@@ -28,7 +28,7 @@ def subcommand_table() -> dict:
 
     Imported when called, after :func:`main` has set up logging: ``benchmark`` imports
     ``torch.utils.benchmark``, whose import probes for a CUDA toolkit and warns on every machine with one
-    but no GPU (see :func:`fimvision.console.quiet_third_party`).
+    but no GPU (see :func:`fimvision.console.prepare_script`).
     """
     from fimvision.efficiency.benchmark import BenchmarkSettings, run_benchmark
     from fimvision.efficiency.chai import ChaiSettings, run_chai
@@ -123,7 +123,7 @@ def main(args: list[str] | None = None) -> int:
     """The `fimvision-efficiency` console script; returns its exit status (0, 2 bad input, 130, 1)."""
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.INFO)
-    quiet_third_party()
+    prepare_script()
     return run_main(run, list(sys.argv[1:] if args is None else args))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from fimvision.console import EXIT_INTERNAL, make_parser, quiet_third_party, run_main, tqdm_disable
+from fimvision.console import EXIT_INTERNAL, make_parser, prepare_script, run_main, tqdm_disable
 from fimvision.errors import ConfigError
 from fimvision.files import write_atomically
 from fimvision.study.compare import Design
@@ -104,7 +104,7 @@ def _worker(config: str, out: str, extra: list[str], stale_after: float, threads
     """One of `run --workers N`'s processes."""
     import torch
 
-    quiet_third_party()
+    prepare_script()
     torch.set_num_threads(threads)
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fimvision").setLevel(logging.WARNING)
@@ -315,7 +315,7 @@ def main_args(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The `fimvision-study` console script; returns its exit status (0, 1 some runs failed, 2 bad input, 130)."""
-    quiet_third_party()
+    prepare_script()
     return run_main(main_args, argv)
 
 
